@@ -1,0 +1,178 @@
+"""Plain data that the observers produce and the checks read (no torch here).
+
+Observers (``nndoctor._observe``) reduce tensors on the device and, at sync points,
+turn them into these records. Everything is host-side Python numbers and strings:
+module *paths*, never modules, so holding an ``Observations`` keeps no model alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ModuleMeta",
+    "ParamMeta",
+    "ActivationRecord",
+    "InputRecord",
+    "LabelRecord",
+    "LossGraph",
+    "StepRecord",
+    "NonFiniteEvent",
+    "Observations",
+]
+
+
+@dataclass
+class ModuleMeta:
+    path: str  # "" is the root
+    class_name: str
+    category: str  # relu | sigmoid | tanh | batchnorm | norm | linear | conv | embedding | dropout | activation | loss | container | other
+    is_leaf: bool
+    n_params: int
+    stock: bool  # a module class that torch itself ships
+    training: bool = True
+
+
+@dataclass
+class ParamMeta:
+    name: str  # "encoder.0.weight"
+    module: str  # "encoder.0"
+    shape: tuple[int, ...]
+    numel: int
+    requires_grad: bool
+    in_optimizer: bool | None  # None: no optimizer known
+    category: str  # category of the owning module
+    role: str  # weight | bias | other
+    fan_in: int | None = None
+    init_std: float | None = None
+    init_mean: float | None = None
+    init_all_equal: bool | None = None
+
+
+@dataclass
+class ActivationRecord:
+    """One module call's output (and input) statistics on a sampled step."""
+
+    path: str
+    call: int  # order of the call within the step's forward
+    mean: float
+    std: float
+    numel: int
+    out_nonfinite: bool
+    in_nonfinite: bool
+    batch: int | None = None
+    dead_fraction: float | None = None  # ReLU: share of elements == 0
+    saturated_fraction: float | None = None  # sigmoid/tanh: share of elements near the rails
+    params_nonfinite: bool = False
+    output_index: str | None = None  # for tuple/dict outputs: which element went bad first
+
+
+@dataclass
+class InputRecord:
+    dtype: str
+    shape: tuple[int, ...]
+    mean: float
+    std: float
+    min: float
+    max: float
+    zero_fraction: float
+    fingerprint: tuple[float, float]
+    is_float: bool = True
+
+
+@dataclass
+class LabelRecord:
+    n: int
+    counts: dict[int, int]
+    min: int
+    max: int
+    fingerprint: tuple[float, float]
+    ignore_index: int | None = None
+
+
+@dataclass
+class LossGraph:
+    """What the loss's autograd graph says about how the loss was computed."""
+
+    kind: str  # cross_entropy | nll | bce | bce_logits | mse | l1 | smooth_l1 | kl_div | other
+    fed_by: str | None = None  # softmax | log_softmax | sigmoid | logits | None
+    n_classes: int | None = None
+    multi_term: bool = False
+    reduction: str | None = None
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepRecord:
+    step: int
+    sampled: bool
+    loss: float | None = None
+    training: bool | None = None
+    backward_calls: int = 0
+    # gradient L2 norm per parameter name, for parameters that had a gradient
+    grad_norms: dict[str, float] = field(default_factory=dict)
+    grads_missing: list[str] = field(default_factory=list)  # requires_grad but grad is None
+    stale_grad_norm: float | None = None  # grads already present at the first backward after an update
+    activations: list[ActivationRecord] = field(default_factory=list)
+    update_norms: dict[str, float] = field(default_factory=dict)
+    weight_norms: dict[str, float] = field(default_factory=dict)
+    input: InputRecord | None = None
+    labels: LabelRecord | None = None
+    loss_graph: LossGraph | None = None
+    output_shape: tuple[int, ...] | None = None
+    bn_batch_one: list[str] = field(default_factory=list)
+    lr: float | None = None
+
+
+@dataclass
+class NonFiniteEvent:
+    direction: str  # forward | backward | loss
+    step: int
+    where: str | None  # module path or parameter name
+    kind: str  # nan | inf | nan/inf
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Observations:
+    model_class: str = ""
+    n_parameters: int = 0
+    n_trainable: int = 0
+    modules: dict[str, ModuleMeta] = field(default_factory=dict)
+    params: dict[str, ParamMeta] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    forward_order: list[str] = field(default_factory=list)  # module paths in first-call order
+    called_modules: set[str] = field(default_factory=set)
+    unregistered_modules: list[dict[str, Any]] = field(default_factory=list)
+    optimizers: list[dict[str, Any]] = field(default_factory=list)
+    # ReLU path -> {"units": int, "dead": int, "samples": int}
+    relu_units: dict[str, dict[str, int]] = field(default_factory=dict)
+    nonfinite: list[NonFiniteEvent] = field(default_factory=list)
+    # Parameter name -> did it ever change between the first and last observed step
+    params_changed: dict[str, bool] = field(default_factory=dict)
+    has_optimizer: bool = False
+    updates_seen: int = 0
+    sampled_steps: int = 0
+    notes: list[str] = field(default_factory=list)
+    # What was not observed and why (e.g. "no forward call of the model")
+    unobserved: dict[str, str] = field(default_factory=dict)
+    experiments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(s.step, s.loss) for s in self.steps if s.loss is not None]
+
+    @property
+    def sampled(self) -> list[StepRecord]:
+        return [s for s in self.steps if s.sampled]
+
+    def module_of(self, param_name: str) -> str:
+        meta = self.params.get(param_name)
+        return meta.module if meta else param_name.rpartition(".")[0]
+
+    def first_loss_graph(self) -> LossGraph | None:
+        for s in self.steps:
+            if s.loss_graph is not None:
+                return s.loss_graph
+        return None

@@ -1,0 +1,1163 @@
+"""Observers: the torch side. Hooks reduce tensors to a few numbers *on the device*;
+the numbers cross to the host once per sampled step, in one transfer per device.
+
+Life of a watched step (``Recorder``):
+
+* always on, every step (cheap: no per-layer hooks, no host sync):
+  - the tensor ``.backward()`` is called on (the loss) is kept, detached;
+  - the gradient L2 norm of every parameter, in one ``torch._foreach_norm`` call;
+  - parameter ``_version`` counters (host ints) tell whether an update happened.
+* sampled steps only (``dense_steps`` first steps, then every ``sample_every``-th, and
+  every step for a while after a non-finite value shows up): forward hooks on every
+  module (registered when the step starts, *removed* when it ends, so unsampled steps
+  pay no hook dispatch), input/label statistics, the loss's autograd graph, update
+  norms from a parameter snapshot around the update.
+* sync points (end of each sampled step, and the end of ``watch()``): everything
+  pending is concatenated and moved to the host in one ``.tolist()``.
+
+Invariants the hooks rely on:
+* hooks hold module *paths* and a weak reference to the model, never modules;
+* a hook never raises into the user's forward/backward: a failing observer is switched
+  off and recorded in ``Observations.notes``;
+* nothing here changes a tensor the user sees, consumes RNG, or calls ``.item()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ._observations import (
+    ActivationRecord,
+    InputRecord,
+    LabelRecord,
+    LossGraph,
+    ModuleMeta,
+    NonFiniteEvent,
+    Observations,
+    ParamMeta,
+    StepRecord,
+)
+
+__all__ = ["Recorder", "Schedule", "categorize", "backward_interceptor"]
+
+
+# --------------------------------------------------------------------------------------
+# Module categories (the only place that looks at torch classes)
+# --------------------------------------------------------------------------------------
+_RELU = (nn.ReLU, nn.ReLU6)
+_NORM = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_ACT = (
+    nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.SELU, nn.CELU, nn.Mish,
+    nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softmax, nn.LogSoftmax,
+)
+
+
+def categorize(module: nn.Module) -> str:
+    if isinstance(module, _RELU):
+        return "relu"
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid"
+    if isinstance(module, nn.Tanh):
+        return "tanh"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(module, (*_NORM, nn.modules.instancenorm._InstanceNorm)):
+        return "norm"
+    if isinstance(module, (nn.Linear, nn.Bilinear)):
+        return "linear"
+    if isinstance(module, _CONV):
+        return "conv"
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding"
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return "dropout"
+    if isinstance(module, _ACT):
+        return "activation"
+    if isinstance(module, nn.modules.loss._Loss):
+        return "loss"
+    if isinstance(module, (nn.RNNBase,)):
+        return "recurrent"
+    if isinstance(module, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+                           nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+                           nn.modules.pooling._LPPoolNd)):
+        return "pool"
+    if isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return "container"
+    if next(module.children(), None) is not None:
+        return "container"
+    return "other"
+
+
+def _is_stock(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.")
+
+
+def _fan_in(param: torch.Tensor) -> int | None:
+    if param.dim() < 2:
+        return None
+    receptive = 1
+    for s in param.shape[2:]:
+        receptive *= int(s)
+    return int(param.shape[1]) * receptive
+
+
+# --------------------------------------------------------------------------------------
+# The backward interceptor: one patch of torch.autograd.backward, shared and refcounted
+# --------------------------------------------------------------------------------------
+class _BackwardInterceptor:
+    """``Tensor.backward`` calls ``torch.autograd.backward`` through the module
+    attribute, so wrapping that attribute sees every ``loss.backward()`` and
+    ``torch.autograd.backward(loss)`` — whatever code computed the loss. The patch is
+    installed while at least one listener is registered and removed with the last one,
+    so two Doctors coexist and nothing outlives them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []
+        self._original: Callable[..., Any] | None = None
+
+    def add(self, listener: Any) -> None:
+        with self._lock:
+            if not self._listeners:
+                self._original = torch.autograd.backward
+                original = self._original
+                interceptor = self
+
+                def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+                    listeners = list(interceptor._listeners)
+                    for lst in listeners:
+                        lst.before_backward(tensors)
+                    result = original(tensors, *args, **kwargs)
+                    for lst in listeners:
+                        lst.after_backward(tensors)
+                    return result
+
+                backward.__wrapped__ = original  # type: ignore[attr-defined]
+                backward.__doc__ = original.__doc__
+                torch.autograd.backward = backward  # type: ignore[assignment]
+            self._listeners.append(listener)
+
+    def remove(self, listener: Any) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            if not self._listeners and self._original is not None:
+                torch.autograd.backward = self._original  # type: ignore[assignment]
+                self._original = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._listeners)
+
+
+backward_interceptor = _BackwardInterceptor()
+
+
+# --------------------------------------------------------------------------------------
+# Schedule
+# --------------------------------------------------------------------------------------
+@dataclass
+class Schedule:
+    """Which steps get the full (hooked) treatment."""
+
+    dense_steps: int = 4
+    sample_every: int = 20
+    trace_steps_after_nonfinite: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sample_every < 1 or self.dense_steps < 0:
+            raise ValueError(
+                f"sample_every must be >= 1 and dense_steps >= 0 (got {self.sample_every}, "
+                f"{self.dense_steps})"
+            )
+
+    def sampled(self, step: int) -> bool:
+        return step < self.dense_steps or step % self.sample_every == 0
+
+
+# --------------------------------------------------------------------------------------
+# Helpers on tensors (device-side, no sync)
+# --------------------------------------------------------------------------------------
+def _flatten_tensors(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """Tensors inside outputs that are tensors, tuples, lists, dicts or dataclass-likes,
+    labelled with their position ("[0]", "['boxes']")."""
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)]
+    if depth > 3:
+        return []
+    out: list[tuple[str, torch.Tensor]] = []
+    if isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            out.extend(_flatten_tensors(v, f"{prefix}[{i}]", depth + 1))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.extend(_flatten_tensors(v, f"{prefix}[{k!r}]", depth + 1))
+    return out
+
+
+def _float_tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
+    return [(k, t) for k, t in _flatten_tensors(obj) if t.is_floating_point() and t.numel() > 0]
+
+
+_NAN = float("nan")
+
+
+def _tensor_stats(x: torch.Tensor) -> torch.Tensor:
+    """[mean, std] of ``x`` in float32, one fused reduction (Welford). A non-finite
+    element makes the mean non-finite, which is how non-finite outputs are detected."""
+    xf = x.detach()
+    if xf.dtype not in (torch.float32, torch.float64):
+        xf = xf.float()
+    var, mean = torch.var_mean(xf, correction=0)
+    return torch.stack([mean.float(), var.float().sqrt()])
+
+
+# --------------------------------------------------------------------------------------
+# Pending device data, resolved at sync points
+# --------------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """Device tensors waiting for the next sync, with what to do with their values."""
+
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    sinks: list[Callable[[list[float]], None]] = field(default_factory=list)
+
+    def add(self, tensor: torch.Tensor, sink: Callable[[list[float]], None]) -> None:
+        self.tensors.append(tensor.detach().reshape(-1))
+        self.sinks.append(sink)
+
+    def resolve(self) -> None:
+        if not self.tensors:
+            return
+        tensors, sinks = self.tensors, self.sinks
+        self.tensors, self.sinks = [], []
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        values: list[list[float]] = [[] for _ in tensors]
+        for idxs in by_device.values():
+            flat = torch.cat([tensors[i].to(torch.float64) for i in idxs])
+            host = flat.tolist()  # the one device->host transfer for this device
+            pos = 0
+            for i in idxs:
+                n = tensors[i].numel()
+                values[i] = host[pos : pos + n]
+                pos += n
+        for sink, vals in zip(sinks, values):
+            sink(vals)
+
+
+# --------------------------------------------------------------------------------------
+# Loss graph analysis (host-side walk over grad_fn nodes; no device work)
+# --------------------------------------------------------------------------------------
+_ANCHORS = {
+    "NllLossBackward0": "nll",
+    "NllLoss2DBackward0": "nll",
+    "NllLoss2dBackward0": "nll",
+    "BinaryCrossEntropyBackward0": "bce",
+    "BinaryCrossEntropyWithLogitsBackward0": "bce_logits",
+    "MseLossBackward0": "mse",
+    "L1LossBackward0": "l1",
+    "SmoothL1LossBackward0": "smooth_l1",
+    "HuberLossBackward0": "huber",
+    "KlDivBackward0": "kl_div",
+}
+_PASS_THROUGH = (
+    "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "PermuteBackward0",
+    "TransposeBackward0", "TransposeBackward1", "UnsqueezeBackward0", "SqueezeBackward0",
+    "SqueezeBackward1", "SqueezeBackward2", "CloneBackward0", "ToCopyBackward0",
+    "ExpandBackward0", "SliceBackward0", "SelectBackward0", "ContiguousBackward0",
+)
+
+
+def _first_input(node: Any) -> Any:
+    for nxt, _ in getattr(node, "next_functions", ()):  # pragma: no branch
+        if nxt is not None:
+            return nxt
+    return None
+
+
+def _skip_views(node: Any) -> Any:
+    for _ in range(16):
+        if node is None or node.name() not in _PASS_THROUGH:
+            return node
+        node = _first_input(node)
+    return node
+
+
+def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGraph, Any]:
+    """What kind of loss this is and what fed it. Returns (LossGraph, nll_node or None)."""
+    root = loss.grad_fn
+    if root is None:
+        return LossGraph(kind="other"), None
+    anchors: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    stack = [root]
+    names: list[str] = []
+    reaches_param = False
+    while stack and len(seen) < max_nodes:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        name = node.name()
+        if len(names) < 12:
+            names.append(name)
+        kind = _ANCHORS.get(name)
+        if kind is not None:
+            anchors.append((kind, node))
+            continue
+        if name == "LogSoftmaxBackward0":
+            continue  # label smoothing's second term ends here
+        if name == "AccumulateGrad":
+            reaches_param = True
+            continue
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                stack.append(nxt)
+    if not anchors:
+        return LossGraph(kind="other", nodes=names), None
+    multi = len(anchors) > 1 or reaches_param
+    kind, node = anchors[0]
+    graph = LossGraph(kind=kind, multi_term=multi, nodes=names)
+    if kind == "nll":
+        feeder = _skip_views(_first_input(node))
+        fname = feeder.name() if feeder is not None else None
+        if fname == "LogSoftmaxBackward0":
+            upstream = _skip_views(_first_input(feeder))
+            uname = upstream.name() if upstream is not None else None
+            graph.kind = "cross_entropy"
+            graph.fed_by = "softmax" if uname == "SoftmaxBackward0" else (
+                "sigmoid" if uname == "SigmoidBackward0" else "log_softmax")
+        elif fname == "LogBackward0":
+            upstream = _skip_views(_first_input(feeder))
+            graph.fed_by = "log_of_softmax" if upstream is not None and upstream.name() == "SoftmaxBackward0" else "log"
+        else:
+            graph.fed_by = "logits"
+        try:
+            logp = node._saved_self
+            graph.n_classes = int(logp.shape[1]) if logp.dim() >= 2 else int(logp.shape[0])
+            graph.reduction = {0: "none", 1: "mean", 2: "sum"}.get(int(node._saved_reduction))
+        except Exception:  # saved tensors freed or layout unknown: leave unknown
+            pass
+        return graph, node
+    if kind in ("bce_logits", "bce"):
+        feeder = _skip_views(_first_input(node))
+        fname = feeder.name() if feeder is not None else None
+        graph.fed_by = "sigmoid" if fname == "SigmoidBackward0" else (
+            "softmax" if fname == "SoftmaxBackward0" else "logits")
+        return graph, node
+    return graph, node
+
+
+# --------------------------------------------------------------------------------------
+# The recorder
+# --------------------------------------------------------------------------------------
+class Recorder:
+    """Owns every hook handle of one watch; produces ``Observations``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        loss_fn: Any = None,
+        schedule: Schedule | None = None,
+        discover_optimizers: bool = True,
+        on_sync: Callable[[Observations, list[StepRecord]], None] | None = None,
+    ) -> None:
+        self._model_ref = weakref.ref(model)
+        self._optimizers = [weakref.ref(o) for o in optimizers]
+        self._loss_fn = loss_fn
+        self.schedule = schedule or Schedule()
+        self._discover = discover_optimizers and not optimizers
+        self._on_sync = on_sync
+        self.obs = Observations()
+        self._stack: contextlib.ExitStack | None = None
+        self._step_hooks: list[Any] = []
+        self._pending = _Pending()
+        self._step = 0
+        self._cur: StepRecord | None = None
+        self._pending_close = False
+        self._optimizer_mode = bool(optimizers)
+        self._param_ids: dict[int, str] = {}
+        self._module_ids: dict[int, str] = {}
+        self._params: list[tuple[str, torch.Tensor]] = []
+        self._version_sum = 0
+        self._updated_since_backward = False
+        self._backwards_in_step = 0
+        self._call_counter = 0
+        self._snapshot: tuple[list[str], list[torch.Tensor]] | None = None
+        self._relu_active: dict[str, torch.Tensor] = {}
+        self._relu_samples: dict[str, int] = {}
+        self._trace_until = -1
+        self._failed = False
+        self._in_root = 0
+        self._first_sampled_forward_done = False
+        self._unregistered: dict[int, dict[str, Any]] = {}
+        self._global_probe: list[Any] = []
+        self._unknown_depth = 0
+        self._finished_steps: list[StepRecord] = []
+        self._explicit_losses: dict[int, torch.Tensor] = {}
+        self._seen_order: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        model = self._model_ref()
+        if model is None:  # pragma: no cover - the Doctor holds the model while watching
+            raise RuntimeError("the watched model was garbage-collected")
+        return model
+
+    def attach(self) -> None:
+        model = self.model
+        self._stack = contextlib.ExitStack()
+        try:
+            self._describe(model)
+            self._stack.callback(self._remove_step_hooks)
+            h = model.register_forward_pre_hook(self._root_pre, with_kwargs=True)
+            self._stack.callback(h.remove)
+            h = model.register_forward_hook(self._root_post, always_call=True)
+            self._stack.callback(h.remove)
+            backward_interceptor.add(self)
+            self._stack.callback(backward_interceptor.remove, self)
+            for ref in self._optimizers:
+                opt = ref()
+                if opt is None:
+                    continue
+                h1 = opt.register_step_pre_hook(self._opt_pre)
+                h2 = opt.register_step_post_hook(self._opt_post)
+                self._stack.callback(h1.remove)
+                self._stack.callback(h2.remove)
+            if self._discover:
+                from torch.optim.optimizer import (
+                    register_optimizer_step_post_hook,
+                    register_optimizer_step_pre_hook,
+                )
+
+                h1 = register_optimizer_step_pre_hook(self._global_opt_pre)
+                h2 = register_optimizer_step_post_hook(self._global_opt_post)
+                self._stack.callback(h1.remove)
+                self._stack.callback(h2.remove)
+            if self._loss_fn is not None and isinstance(self._loss_fn, nn.Module):
+                h = self._loss_fn.register_forward_pre_hook(self._loss_pre)
+                self._stack.callback(h.remove)
+            self._begin_step()
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook (idempotent; runs on exceptions too)."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        self._remove_step_hooks()
+        self._remove_global_probe()
+
+    def finish(self) -> Observations:
+        """Close the open step, sync, and return the observations (after detach)."""
+        try:
+            if self._cur is not None and (self._cur.backward_calls or self._pending_close):
+                self._close_step()
+            self._cur = None
+            self._sync()
+            self._finalize()
+        except Exception as exc:  # evaluating must never raise into the user's code
+            self.obs.notes.append(f"observer failed while finishing: {exc!r}")
+        return self.obs
+
+    # -- description of the model (host side, once) -------------------------------------
+    def _describe(self, model: nn.Module) -> None:
+        obs = self.obs
+        obs.model_class = type(model).__name__
+        in_opt: set[int] | None = None
+        opts = [r() for r in self._optimizers]
+        opts = [o for o in opts if o is not None]
+        if opts:
+            in_opt = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+            obs.has_optimizer = True
+            obs.optimizers = [self._describe_optimizer(o) for o in opts]
+        for path, module in model.named_modules():
+            self._module_ids[id(module)] = path
+            obs.modules[path] = ModuleMeta(
+                path=path,
+                class_name=type(module).__name__,
+                category=categorize(module),
+                is_leaf=next(module.children(), None) is None,
+                n_params=sum(p.numel() for p in module.parameters(recurse=False)),
+                stock=_is_stock(module),
+                training=module.training,
+            )
+        weights = []
+        for name, p in model.named_parameters():
+            module_path, _, leaf = name.rpartition(".")
+            cat = obs.modules[module_path].category if module_path in obs.modules else "other"
+            role = "weight" if leaf == "weight" and p.dim() >= 2 else ("bias" if leaf == "bias" else "other")
+            meta = ParamMeta(
+                name=name, module=module_path, shape=tuple(p.shape), numel=p.numel(),
+                requires_grad=p.requires_grad,
+                in_optimizer=None if in_opt is None else id(p) in in_opt,
+                category=cat, role=role, fan_in=_fan_in(p),
+            )
+            obs.params[name] = meta
+            self._param_ids[id(p)] = name
+            self._params.append((name, p))
+            if role == "weight" and cat in ("linear", "conv") and p.is_floating_point() and p.numel() > 1:
+                weights.append((meta, p))
+        obs.n_parameters = sum(m.numel for m in obs.params.values())
+        obs.n_trainable = sum(m.numel for m in obs.params.values() if m.requires_grad)
+        # Initial weight statistics: one stacked reduction, resolved at the first sync.
+        if weights:
+            with torch.no_grad():
+                stats = []
+                for meta, p in weights:
+                    var, mean = torch.var_mean(p.detach().float(), correction=0)
+                    spread = p.detach().amax() - p.detach().amin()
+                    stats.append(torch.stack([var.sqrt(), mean, spread.float()]))
+                flat = torch.stack(stats)
+            metas = [m for m, _ in weights]
+
+            def sink(vals: list[float], metas: list[ParamMeta] = metas) -> None:
+                for i, m in enumerate(metas):
+                    m.init_std, m.init_mean, spread = vals[3 * i : 3 * i + 3]
+                    m.init_all_equal = spread == 0.0
+
+            self._pending.add(flat, sink)
+        self._version_sum = self._versions()
+
+    def _describe_optimizer(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        groups = []
+        for g in opt.param_groups:
+            hp = {}
+            for k, v in g.items():
+                if k == "params":
+                    continue
+                if isinstance(v, (int, float, bool, str)) or v is None:
+                    hp[k] = v
+            hp["n_params"] = len(g["params"])
+            groups.append(hp)
+        return {"class": type(opt).__name__, "groups": groups}
+
+    def _versions(self) -> int:
+        return sum(p._version for _, p in self._params)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _is_sampled(self, step: int) -> bool:
+        return self.schedule.sampled(step) or step <= self._trace_until
+
+    def _begin_step(self) -> None:
+        sampled = self._is_sampled(self._step)
+        self._cur = StepRecord(step=self._step, sampled=sampled)
+        self._backwards_in_step = 0
+        self._call_counter = 0
+        if sampled:
+            self._install_step_hooks()
+
+    def _close_step(self) -> None:
+        cur = self._cur
+        if cur is None:
+            return
+        self._pending_close = False
+        try:
+            model = self._model_ref()
+            if model is not None:
+                cur.training = model.training
+            if cur.sampled and self._snapshot is not None:
+                self._measure_update()
+            opts = [r() for r in self._optimizers]
+            for o in opts:
+                if o is not None and o.param_groups:
+                    lr = o.param_groups[0].get("lr")
+                    if isinstance(lr, (int, float)):
+                        cur.lr = float(lr)
+                    break
+        finally:
+            self._remove_step_hooks()
+            self.obs.steps.append(cur)
+            self._finished_steps.append(cur)
+            if cur.sampled:
+                self.obs.sampled_steps += 1
+                self._sync()
+            self._step += 1
+            self._begin_step()
+
+    def _sync(self) -> None:
+        try:
+            self._pending.resolve()
+        except Exception as exc:
+            self._observer_failed("sync", exc)
+        self._scan_nonfinite()
+        if self._on_sync is not None and self._finished_steps:
+            done, self._finished_steps = self._finished_steps, []
+            try:
+                self._on_sync(self.obs, done)
+            except Exception as exc:
+                self.obs.notes.append(f"live reporter failed and was switched off: {exc!r}")
+                self._on_sync = None
+
+    def _scan_nonfinite(self) -> None:
+        """After values reached the host: a non-finite loss or gradient on a step that was
+        not traced arms tracing for the next steps."""
+        for rec in self.obs.steps[-64:]:
+            bad_loss = rec.loss is not None and not math.isfinite(rec.loss)
+            bad_grad = any(not math.isfinite(v) for v in rec.grad_norms.values())
+            if (bad_loss or bad_grad) and rec.step >= self._trace_until - self.schedule.trace_steps_after_nonfinite:
+                if not getattr(rec, "_armed", False):
+                    rec._armed = True  # type: ignore[attr-defined]
+                    self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
+
+    def _observer_failed(self, where: str, exc: BaseException) -> None:
+        self.obs.notes.append(f"observer '{where}' failed and was switched off: {exc!r}")
+        self._failed = True
+        self._remove_step_hooks()
+
+    # -- per-step hooks ------------------------------------------------------------------
+    def _install_step_hooks(self) -> None:
+        if self._failed:
+            return
+        model = self._model_ref()
+        if model is None:
+            return
+        for path, module in model.named_modules():
+            if path == "":
+                continue  # the root has its persistent hooks
+            self._step_hooks.append(
+                module.register_forward_hook(self._make_fwd_hook(path), always_call=True)
+            )
+
+    def _remove_step_hooks(self) -> None:
+        hooks, self._step_hooks = self._step_hooks, []
+        for h in reversed(hooks):
+            h.remove()
+
+    def _make_fwd_hook(self, path: str) -> Callable[..., None]:
+        recorder = self
+        meta = self.obs.modules[path]
+        category = meta.category
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if recorder._failed or not torch.is_grad_enabled():
+                return
+            try:
+                recorder._record_call(path, category, module, args, output)
+            except Exception as exc:  # never raise into the user's forward
+                recorder._observer_failed(f"forward hook on {path or 'model'}", exc)
+
+        return hook
+
+    def _record_call(self, path: str, category: str, module: nn.Module, args: Any, output: Any) -> None:
+        cur = self._cur
+        if cur is None or not cur.sampled:
+            return
+        outs = _float_tensors(output)
+        if category == "loss" or not outs:
+            self.obs.called_modules.add(path)
+            return
+        self.obs.called_modules.add(path)
+        if path not in self._seen_order:
+            self._seen_order.add(path)
+            self.obs.forward_order.append(path)
+        call = self._call_counter
+        self._call_counter += 1
+        label0, primary = outs[0]
+        with torch.no_grad():
+            parts = [_tensor_stats(primary)]
+            # non-finite flags of every output element (sum is non-finite iff an element is)
+            parts.append(torch.stack([t.detach().sum(dtype=torch.float32) for _, t in outs]))
+            ins = _float_tensors(args)
+            if ins:
+                parts.append(torch.stack([t.detach().sum(dtype=torch.float32) for _, t in ins]).sum().reshape(1))
+            else:
+                parts.append(torch.zeros(1, device=primary.device))
+            own = [p for p in module.parameters(recurse=False) if p.is_floating_point()]
+            if own:
+                parts.append(torch.stack([p.detach().sum(dtype=torch.float32) for p in own]).sum().reshape(1))
+            else:
+                parts.append(torch.zeros(1, device=primary.device))
+            extra = torch.full((2,), _NAN, device=primary.device)
+            if category == "relu" and primary.dim() >= 2:
+                unit_dim = primary.dim() - 1 if primary.dim() == 3 else 1
+                x = primary.detach().transpose(0, unit_dim).reshape(primary.shape[unit_dim], -1)
+                active = (x > 0).any(dim=1)
+                prev = self._relu_active.get(path)
+                self._relu_active[path] = active if prev is None or prev.shape != active.shape else (prev | active)
+                self._relu_samples[path] = self._relu_samples.get(path, 0) + int(x.shape[1])
+                extra = torch.stack([1.0 - active.float().mean(), extra[1]])
+            elif category in ("sigmoid", "tanh"):
+                y = primary.detach().float()
+                sat = ((y - 0.5).abs() > 0.4975) if category == "sigmoid" else (y.abs() > 0.995)
+                extra = torch.stack([extra[0], sat.float().mean()])
+            parts.append(extra)
+            vec = torch.cat([p.reshape(-1).float() for p in parts])
+        n_out = len(outs)
+        labels = [lab for lab, _ in outs]
+        batch = int(primary.shape[0]) if primary.dim() >= 1 else None
+        numel = int(primary.numel())
+        if category == "batchnorm" and module.training and args and isinstance(args[0], torch.Tensor):
+            if args[0].dim() >= 2 and args[0].shape[0] == 1:
+                cur.bn_batch_one.append(path)
+
+        def sink(vals: list[float]) -> None:
+            mean, std = vals[0], vals[1]
+            out_sums = vals[2 : 2 + n_out]
+            in_sum, p_sum = vals[2 + n_out], vals[3 + n_out]
+            dead, sat = vals[4 + n_out], vals[5 + n_out]
+            bad_idx = next((i for i, v in enumerate(out_sums) if not math.isfinite(v)), None)
+            cur.activations.append(
+                ActivationRecord(
+                    path=path, call=call, mean=mean, std=std, numel=numel,
+                    out_nonfinite=bad_idx is not None or not math.isfinite(mean),
+                    in_nonfinite=not math.isfinite(in_sum),
+                    batch=batch,
+                    dead_fraction=None if math.isnan(dead) else dead,
+                    saturated_fraction=None if math.isnan(sat) else sat,
+                    params_nonfinite=not math.isfinite(p_sum),
+                    output_index=(labels[bad_idx] or None) if bad_idx is not None and n_out > 1 else None,
+                )
+            )
+
+        self._pending.add(vec, sink)
+
+    # -- root hooks ----------------------------------------------------------------------
+    def _root_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        try:
+            if self._pending_close:
+                self._close_step()
+            cur = self._cur
+            if cur is None or not cur.sampled or not torch.is_grad_enabled():
+                return
+            self._in_root += 1
+            if self._in_root == 1 and not self._first_sampled_forward_done:
+                self._install_global_probe()
+            if cur.input is None:
+                tensors = _flatten_tensors((args, kwargs))
+                if tensors:
+                    self._record_input(cur, tensors[0][1])
+        except Exception as exc:
+            self._observer_failed("model forward pre-hook", exc)
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        try:
+            cur = self._cur
+            if cur is None or not cur.sampled or not torch.is_grad_enabled():
+                return
+            if self._in_root > 0:
+                self._in_root -= 1
+            if self._in_root == 0 and self._global_probe:
+                self._remove_global_probe()
+                self._first_sampled_forward_done = True
+            self._record_call("", "container", module, args, output)
+            outs = _float_tensors(output)
+            if outs and cur.output_shape is None:
+                cur.output_shape = tuple(outs[0][1].shape)
+        except Exception as exc:
+            self._observer_failed("model forward hook", exc)
+
+    # The unregistered-module probe: a global forward hook that lives only during the
+    # first sampled forward of the model. Modules called inside the model's forward that
+    # are not its sub-modules (kept in a plain list, created on the fly) are recorded.
+    def _install_global_probe(self) -> None:
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+
+        self._global_probe = [
+            register_module_forward_pre_hook(self._probe_pre),
+            register_module_forward_hook(self._probe_post, always_call=True),
+        ]
+
+    def _remove_global_probe(self) -> None:
+        probe, self._global_probe = self._global_probe, []
+        for h in reversed(probe):
+            h.remove()
+        self._unknown_depth = 0
+
+    def _probe_pre(self, module: nn.Module, args: Any) -> None:
+        if id(module) in self._module_ids:
+            return
+        if self._unknown_depth == 0 and id(module) not in self._unregistered:
+            params = [p for p in module.parameters()]
+            known = {id(p) for ref in self._optimizers if ref() is not None for g in ref().param_groups for p in g["params"]}  # type: ignore[union-attr]
+            self._unregistered[id(module)] = {
+                "class": type(module).__name__,
+                "parameters": int(sum(p.numel() for p in params)),
+                "in_optimizer": (any(id(p) in known for p in params) if known else None),
+            }
+        self._unknown_depth += 1
+
+    def _probe_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if id(module) in self._module_ids:
+            return
+        self._unknown_depth = max(0, self._unknown_depth - 1)
+
+    # -- inputs and labels ---------------------------------------------------------------
+    def _record_input(self, cur: StepRecord, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            xf = x.detach().float().reshape(-1)
+            n = xf.numel()
+            if n == 0:
+                return
+            stride = max(1, n // 4096)
+            sample = xf[::stride]
+            weights = torch.arange(1, sample.numel() + 1, device=xf.device, dtype=torch.float32)
+            var, mean = torch.var_mean(xf, correction=0)
+            vec = torch.stack([
+                mean, var.sqrt(), xf.min(), xf.max(), (xf == 0).float().mean(),
+                sample.sum(), (sample * weights).sum(),
+            ])
+        dtype, shape, is_float = str(x.dtype).replace("torch.", ""), tuple(x.shape), x.is_floating_point()
+
+        def sink(v: list[float]) -> None:
+            cur.input = InputRecord(
+                dtype=dtype, shape=shape, mean=v[0], std=v[1], min=v[2], max=v[3],
+                zero_fraction=v[4], fingerprint=(v[5], v[6]), is_float=is_float,
+            )
+
+        self._pending.add(vec, sink)
+
+    def _record_labels(self, cur: StepRecord, target: torch.Tensor, n_classes: int | None,
+                       ignore_index: int | None) -> None:
+        if cur.labels is not None or target.is_floating_point() or target.numel() == 0:
+            return
+        with torch.no_grad():
+            t = target.detach().reshape(-1).long()
+            if ignore_index is not None:
+                valid = t != ignore_index
+            else:
+                valid = torch.ones_like(t, dtype=torch.bool)
+            k = int(n_classes) if n_classes else 0
+            big = torch.iinfo(torch.int64).max
+            tmin = torch.where(valid, t, torch.full_like(t, big)).min()
+            tmax = torch.where(valid, t, torch.full_like(t, -big)).max()
+            n_valid = valid.sum()
+            if 0 < k <= 4096:
+                idx = torch.where(valid & (t >= 0) & (t < k), t, torch.full_like(t, k))
+                counts = torch.zeros(k + 1, device=t.device, dtype=torch.float64)
+                counts.scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+            else:
+                counts = torch.zeros(0, device=t.device, dtype=torch.float64)
+            tf = t.double()
+            w = torch.arange(1, tf.numel() + 1, device=t.device, dtype=torch.float64)
+            vec = torch.cat([
+                torch.stack([tmin.double(), tmax.double(), n_valid.double(), tf.sum(), (tf * w).sum()]),
+                counts,
+            ])
+
+        def sink(v: list[float]) -> None:
+            counts_map = {i: int(c) for i, c in enumerate(v[5 : 5 + k]) if c}
+            cur.labels = LabelRecord(
+                n=int(v[2]), counts=counts_map, min=int(v[0]) if v[2] else 0,
+                max=int(v[1]) if v[2] else 0, fingerprint=(v[3], v[4]), ignore_index=ignore_index,
+            )
+
+        self._pending.add(vec, sink)
+
+    def _loss_pre(self, module: nn.Module, args: Any) -> None:
+        cur = self._cur
+        if cur is None or not cur.sampled or not torch.is_grad_enabled():
+            return
+        try:
+            if len(args) >= 2 and isinstance(args[1], torch.Tensor) and not args[1].is_floating_point():
+                logits = args[0] if isinstance(args[0], torch.Tensor) else None
+                k = int(logits.shape[1]) if logits is not None and logits.dim() >= 2 else None
+                self._record_labels(cur, args[1], k, getattr(module, "ignore_index", None))
+        except Exception as exc:
+            self._observer_failed("loss pre-hook", exc)
+
+    # -- backward ------------------------------------------------------------------------
+    def before_backward(self, tensors: Any) -> None:
+        try:
+            if self._pending_close:
+                self._close_step()
+            cur = self._cur
+            if cur is None:
+                return
+            loss = tensors if isinstance(tensors, torch.Tensor) else (
+                tensors[0] if isinstance(tensors, (tuple, list)) and tensors and isinstance(tensors[0], torch.Tensor) else None)
+            versions = self._versions()
+            updated = versions != self._version_sum
+            self._version_sum = versions
+            first_after_update = self._backwards_in_step == 0 and updated
+            if first_after_update:
+                self.obs.updates_seen += 1
+            self._backwards_in_step += 1
+            cur.backward_calls += 1
+            if loss is not None and loss.numel() == 1 and self._backwards_in_step == 1 and cur.step not in self._explicit_losses:
+                value = loss.detach().reshape(())
+
+                def loss_sink(v: list[float], cur: StepRecord = cur) -> None:
+                    if cur.loss is None:
+                        cur.loss = v[0]
+
+                self._pending.add(value, loss_sink)
+            if not cur.sampled:
+                return
+            if loss is not None and loss.grad_fn is not None and cur.loss_graph is None:
+                graph, nll = analyse_loss_graph(loss)
+                cur.loss_graph = graph
+                if nll is not None and graph.kind in ("cross_entropy", "nll") and cur.labels is None:
+                    try:
+                        target = nll._saved_target
+                        ignore = int(nll._saved_ignore_index)
+                        if ignore >= 2**63:  # saved as an unsigned 64-bit int
+                            ignore -= 2**64
+                        self._record_labels(cur, target, graph.n_classes, ignore)
+                    except Exception:
+                        pass
+            if first_after_update:
+                # Gradients of parameters that no optimizer updates are irrelevant here
+                # (frozen-layer reports those parameters).
+                stale = [p.grad for n, p in self._params if p.grad is not None and p.requires_grad
+                         and self.obs.params[n].in_optimizer is not False]
+                if stale:
+                    with torch.no_grad():
+                        norms = torch._foreach_norm([g.detach() for g in stale])
+                        total = torch.stack([n.float() for n in norms]).norm()
+
+                    def stale_sink(v: list[float], cur: StepRecord = cur) -> None:
+                        cur.stale_grad_norm = v[0]
+
+                    self._pending.add(total, stale_sink)
+                else:
+                    cur.stale_grad_norm = 0.0
+        except Exception as exc:
+            self._observer_failed("backward pre", exc)
+
+    def after_backward(self, tensors: Any) -> None:
+        try:
+            if self._optimizer_mode:
+                return
+            # No optimizer seen (yet): the update, if any, happens by hand after this
+            # backward, so the step closes lazily at the next forward/backward.
+            self._measure_grads()
+            if self._cur is not None and self._cur.sampled:
+                self._take_snapshot()
+            self._pending_close = True
+        except Exception as exc:
+            self._observer_failed("backward post", exc)
+
+    def _measure_grads(self) -> None:
+        cur = self._cur
+        if cur is None:
+            return
+        names, grads, missing = [], [], []
+        for name, p in self._params:
+            if p.grad is not None:
+                names.append(name)
+                grads.append(p.grad.detach())
+            elif p.requires_grad:
+                missing.append(name)
+        cur.grads_missing = missing
+        if not grads:
+            cur.grad_norms = {}
+            return
+        with torch.no_grad():
+            norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+
+        def sink(v: list[float], cur: StepRecord = cur, names: list[str] = names) -> None:
+            cur.grad_norms = dict(zip(names, v))
+
+        self._pending.add(norms, sink)
+
+    def _take_snapshot(self) -> None:
+        names = [n for n, p in self._params if p.requires_grad and p.is_floating_point()]
+        tensors = [p.detach() for n, p in self._params if p.requires_grad and p.is_floating_point()]
+        if not tensors:
+            return
+        with torch.no_grad():
+            self._snapshot = (names, [t.clone() for t in tensors])
+
+    def _measure_update(self) -> None:
+        cur = self._cur
+        snap, self._snapshot = self._snapshot, None
+        if cur is None or snap is None:
+            return
+        names, before = snap
+        current = dict(self._params)
+        after = [current[n].detach() for n in names]
+        with torch.no_grad():
+            deltas = torch._foreach_sub(after, before)
+            upd = torch.stack([n.float() for n in torch._foreach_norm(deltas)])
+            w = torch.stack([n.float() for n in torch._foreach_norm(before)])
+            vec = torch.cat([upd, w])
+        n = len(names)
+
+        def sink(v: list[float], cur: StepRecord = cur) -> None:
+            cur.update_norms = dict(zip(names, v[:n]))
+            cur.weight_norms = dict(zip(names, v[n:]))
+
+        self._pending.add(vec, sink)
+
+    # -- optimizer hooks -----------------------------------------------------------------
+    def _owns(self, opt: torch.optim.Optimizer) -> bool:
+        return any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"])
+
+    def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._owns(opt):
+            return
+        if not any(r() is opt for r in self._optimizers):
+            self._optimizers.append(weakref.ref(opt))
+            ids = {id(p) for g in opt.param_groups for p in g["params"]}
+            for name, p in self._params:
+                meta = self.obs.params[name]
+                meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
+            self.obs.has_optimizer = True
+            self.obs.optimizers.append(self._describe_optimizer(opt))
+        if not self._optimizer_mode:
+            # The first optimizer step tells us updates go through an optimizer: the
+            # step that the last backward left open is closed by this optimizer's post hook.
+            self._optimizer_mode = True
+            self._pending_close = False
+            self._snapshot = None
+        self._opt_pre(opt, args, kwargs)
+
+    def _global_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._owns(opt):
+            self._opt_post(opt, args, kwargs)
+
+    def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            if self._pending_close:
+                self._close_step()
+            cur = self._cur
+            if cur is None:
+                return
+            self._measure_grads()
+            if cur.sampled and self._snapshot is None:
+                self._take_snapshot()
+        except Exception as exc:
+            self._observer_failed("optimizer pre-step", exc)
+
+    def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            if self._cur is not None and (self._cur.backward_calls > 0 or self._cur.sampled):
+                if self._cur.backward_calls > 0:
+                    self._close_step()
+        except Exception as exc:
+            self._observer_failed("optimizer post-step", exc)
+
+    # -- explicit loss -------------------------------------------------------------------
+    def log_loss(self, loss: Any) -> None:
+        cur = self._cur
+        if cur is None:
+            return
+        if isinstance(loss, torch.Tensor):
+            value = loss.detach().reshape(-1)[:1].float()
+            self._explicit_losses[cur.step] = value
+
+            def sink(v: list[float], cur: StepRecord = cur) -> None:
+                cur.loss = v[0]
+
+            self._pending.add(value, sink)
+        else:
+            cur.loss = float(loss)
+            self._explicit_losses[cur.step] = torch.zeros(())
+
+    # -- finalisation --------------------------------------------------------------------
+    def _finalize(self) -> None:
+        obs = self.obs
+        # ReLU units that were never active in any sampled batch.
+        if self._relu_active:
+            paths = list(self._relu_active)
+            vals = torch.cat([(~self._relu_active[p]).float().sum().reshape(1).cpu() for p in paths]).tolist()
+            for p, dead in zip(paths, vals):
+                obs.relu_units[p] = {
+                    "units": int(self._relu_active[p].numel()),
+                    "dead": int(dead),
+                    "samples": int(self._relu_samples.get(p, 0)),
+                }
+            self._relu_active.clear()
+        obs.unregistered_modules = list(self._unregistered.values())
+        # Non-finite events, in step order.
+        obs.nonfinite = find_nonfinite(obs)
+        # Which parameters never changed over the watched update steps.
+        changed: dict[str, bool] = {}
+        for rec in obs.steps:
+            for name, u in rec.update_norms.items():
+                changed[name] = changed.get(name, False) or (u != 0.0)
+        obs.params_changed = changed
+
+
+def find_nonfinite(obs: Observations) -> list[NonFiniteEvent]:
+    """The first forward producer, the first backward gradient and the first non-finite
+    loss, from host-side records. Pure Python (kept here beside the recorder that knows
+    what the records mean)."""
+    events: list[NonFiniteEvent] = []
+    order = {p: i for i, p in enumerate(obs.forward_order)}
+    # Forward: the first step whose activations contain a non-finite output.
+    for rec in obs.steps:
+        bad = [a for a in rec.activations if a.out_nonfinite]
+        if not bad:
+            continue
+        bad.sort(key=lambda a: a.call)
+        # The producer: its inputs were finite and none of the modules it called produced
+        # the value (a module inside it that went bad earlier would be "called within").
+        producer = None
+        for a in bad:
+            if a.in_nonfinite:
+                continue
+            inner = [b for b in bad if b.path.startswith(a.path + ".") if a.path] if a.path else [b for b in bad if b.path]
+            inner_producers = [b for b in inner if not b.in_nonfinite]
+            if inner_producers:
+                continue
+            producer = a
+            break
+        passes = [a.path for a in bad if a.in_nonfinite][:5]
+        if producer is None:
+            first = bad[0]
+            events.append(NonFiniteEvent(
+                direction="forward", step=rec.step, where=first.path or None, kind="nan/inf",
+                detail={"producer_found": False, "first_bad_output": first.path, "passed_on_by": passes,
+                        "params_nonfinite": first.params_nonfinite},
+            ))
+        else:
+            events.append(NonFiniteEvent(
+                direction="forward", step=rec.step, where=producer.path or None, kind="nan/inf",
+                detail={
+                    "producer_found": True,
+                    "first_bad_layer": producer.path or "(model forward code)",
+                    "class": obs.modules[producer.path].class_name if producer.path in obs.modules else None,
+                    "own_code": bool(obs.modules.get(producer.path) and not obs.modules[producer.path].is_leaf),
+                    "params_nonfinite": producer.params_nonfinite,
+                    "output_index": producer.output_index,
+                    "passed_on_by": passes,
+                },
+            ))
+        break
+    # Backward: the first step with a non-finite gradient, the first parameter in
+    # backward order (the reverse of forward order of owning modules).
+    for rec in obs.steps:
+        bad_params = [n for n, v in rec.grad_norms.items() if not math.isfinite(v)]
+        if not bad_params:
+            continue
+
+        def backward_rank(name: str) -> tuple[int, str]:
+            mod = obs.module_of(name)
+            return (-order.get(mod, -1), name)
+
+        bad_params.sort(key=backward_rank)
+        events.append(NonFiniteEvent(
+            direction="backward", step=rec.step, where=bad_params[0], kind="nan/inf",
+            detail={"first_bad_gradient": bad_params[0], "n_bad": len(bad_params),
+                    "loss_finite": rec.loss is None or math.isfinite(rec.loss)},
+        ))
+        break
+    for rec in obs.steps:
+        if rec.loss is not None and not math.isfinite(rec.loss):
+            events.append(NonFiniteEvent(
+                direction="loss", step=rec.step, where=None,
+                kind="nan" if math.isnan(rec.loss) else "inf", detail={"loss": rec.loss},
+            ))
+            break
+    return events

@@ -1,0 +1,80 @@
+"""Small pure helpers shared by the checks (no torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+
+def median(values: Iterable[float]) -> float:
+    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not vals:
+        return math.nan
+    n = len(vals)
+    mid = n // 2
+    return vals[mid] if n % 2 else 0.5 * (vals[mid - 1] + vals[mid])
+
+
+def finite(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}g}"
+
+
+def listing(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(f"`{i}`" for i in items[:limit])
+    more = len(items) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def group_by_module(names: Iterable[str], module_of) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(module_of(n), []).append(n)
+    return out
+
+
+def downward_pair_fraction(values: Sequence[float]) -> float:
+    """Share of ordered pairs (i < j) with values[j] < values[i]: 0.5 for noise, 1 for a
+    strictly falling series (Kendall's tau rescaled to [0, 1]). O(n²) on a few hundred
+    points at most."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    down = total = 0
+    for i in range(n):
+        vi = values[i]
+        for j in range(i + 1, n):
+            if values[j] != vi:
+                total += 1
+                down += values[j] < vi
+    return down / total if total else 0.5
+
+
+def slope_t_statistic(values: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of values against their index, and its t statistic
+    (slope / standard error). t < -2 is a significant downward trend."""
+    n = len(values)
+    if n < 3:
+        return math.nan, math.nan
+    xs = range(n)
+    mx = (n - 1) / 2
+    my = sum(values) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, values))
+    slope = sxy / sxx
+    resid = sum((y - (my + slope * (x - mx))) ** 2 for x, y in zip(xs, values))
+    se = math.sqrt(resid / (n - 2) / sxx) if resid > 0 else 0.0
+    if se == 0:
+        return slope, (-math.inf if slope < 0 else (math.inf if slope > 0 else 0.0))
+    return slope, slope / se

@@ -1,0 +1,259 @@
+"""Loss checks: what the loss is fed, its value at the start, its trend."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from .._report import Finding, Severity
+from ._base import CHECKLIST, Check, Citation, Skip, Threshold
+from ._util import downward_pair_fraction, finite, fmt, median, slope_t_statistic
+
+
+class LossInputFormat(Check):
+    """## What it measures
+    The autograd graph of the loss, read at the first backward: which operation fed the
+    loss. It recognises the loss however it was written (`nn.CrossEntropyLoss`,
+    `F.cross_entropy`, `F.nll_loss(F.log_softmax(...))`, a sum of terms).
+
+    ## Why it matters
+    The checklist: know what input a library loss expects; in PyTorch `NLLLoss` expects
+    log-probabilities and `CrossEntropyLoss` raw logits. Softmax before
+    `CrossEntropyLoss` squashes the logits twice: gradients shrink and training crawls.
+    Raw logits into `NLLLoss` make the loss unbounded below. A sigmoid before
+    `BCEWithLogitsLoss` applies the sigmoid twice.
+
+    ## How to fix
+    - Remove the final `Softmax` when using `CrossEntropyLoss` (apply softmax only for reporting probabilities).
+    - Use `log_softmax` (not logits, not `log(softmax)`) before `NLLLoss`, or switch to `CrossEntropyLoss`.
+    - Remove the final `Sigmoid` when using `BCEWithLogitsLoss`.
+
+    ## Known false positives
+    - Knowledge-distillation or calibration code that feeds probabilities to a cross-entropy on purpose.
+
+    ## Example
+    `model = nn.Sequential(..., nn.Linear(64, 10), nn.Softmax(dim=1))` trained with
+    `nn.CrossEntropyLoss()`.
+
+    ## References
+    - The training checklist ("NLLLoss expects log-probabilities, CrossEntropyLoss expects raw logits").
+    - PyTorch docs, CrossEntropyLoss / NLLLoss / BCEWithLogitsLoss.
+    """
+
+    id = "loss-input-format"
+    title = "The loss is fed the wrong kind of values"
+    family = "loss"
+    severity = Severity.ERROR
+    needs = ("steps",)
+    citations = (CHECKLIST, Citation("PyTorch documentation, CrossEntropyLoss / NLLLoss / BCEWithLogitsLoss"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        graph = obs.first_loss_graph()
+        if graph is None:
+            raise Skip("the loss's autograd graph was not observed (no backward on a sampled step)")
+        if graph.kind == "other":
+            raise Skip("no library loss (cross-entropy, NLL, BCE, MSE...) was recognised in the loss graph")
+        ev = {"loss_kind": graph.kind, "fed_by": graph.fed_by}
+        if graph.kind == "cross_entropy" and graph.fed_by == "softmax":
+            yield self.finding(
+                "Softmax outputs are fed to a cross-entropy loss that applies log_softmax itself: the "
+                "logits are squashed twice and the gradients shrink.",
+                severity=Severity.ERROR, where="loss", **ev)
+        elif graph.kind == "cross_entropy" and graph.fed_by == "sigmoid":
+            yield self.finding(
+                "Sigmoid outputs are fed to a cross-entropy loss that expects raw logits.",
+                severity=Severity.WARNING, where="loss", **ev)
+        elif graph.kind == "nll" and graph.fed_by == "logits":
+            yield self.finding(
+                "NLLLoss is fed raw values, not log-probabilities: the loss is unbounded below and "
+                "minimising it just inflates one output.",
+                severity=Severity.ERROR, where="loss", **ev,
+                fix="Apply F.log_softmax(logits, dim=1) before NLLLoss, or use CrossEntropyLoss on the logits.")
+        elif graph.kind == "nll" and graph.fed_by == "log_of_softmax":
+            yield self.finding(
+                "NLLLoss is fed log(softmax(x)): correct, but log(0) = -inf once a probability underflows.",
+                severity=Severity.INFO, where="loss", **ev,
+                fix="Use F.log_softmax(x, dim=1) (or CrossEntropyLoss on the logits): it is computed stably.")
+        elif graph.kind == "bce_logits" and graph.fed_by == "sigmoid":
+            yield self.finding(
+                "Sigmoid outputs are fed to BCEWithLogitsLoss, which applies the sigmoid itself: "
+                "predictions are squashed into [0.5, 0.73] and gradients shrink.",
+                severity=Severity.ERROR, where="loss", **ev)
+        elif graph.kind == "bce" and graph.fed_by == "softmax":
+            yield self.finding(
+                "Softmax outputs are fed to BCELoss: softmax couples the classes; use sigmoid outputs (or "
+                "BCEWithLogitsLoss on logits) for independent binary targets.",
+                severity=Severity.WARNING, where="loss", **ev)
+
+
+class ChanceLevelLoss(Check):
+    """## What it measures
+    The loss at the first watched step (or at initialisation, in a checkup) against the
+    loss of a uniform random guess, -ln(1/K) for K classes (2.303 for 10). K is read
+    from the logits' class dimension; the loss type from the loss's autograd graph.
+    In a checkup it also compares the final layer's bias with the label prior.
+
+    ## Why it matters
+    The checklist: know the loss of a random guess. A freshly initialised classifier
+    should predict ~uniform probabilities; a much higher initial loss means overconfident
+    wrong logits (too-large init of the last layer, unnormalised inputs, a wrong loss
+    scale), which wastes the first part of training and can saturate the softmax.
+
+    ## How to fix
+    - Initialise the last layer small (e.g. scale its weights by 0.01) so the logits start near zero.
+    - Normalise the inputs; check the loss reduction (mean, not sum).
+    - With an imbalanced label prior, initialise the last layer's bias to log(prior) (Karpathy).
+
+    ## Known false positives
+    - Pre-trained models, or steps observed after training started (the first watched
+      step is not at init): the loss is then legitimately below chance.
+    - Multi-term losses and losses with reduction="sum" are skipped, not judged.
+
+    ## Example
+    A CIFAR-10 classifier whose last layer is initialised at N(0, 1): the initial loss
+    is ~30 instead of 2.30.
+
+    ## References
+    - The training checklist ("for K classes the random-guess loss is -ln(1/K); 2.302 for 10").
+    - Karpathy, "A Recipe for Training Neural Networks", 2019 (verify loss @ init; init well).
+    - CS231n notes, "Neural Networks Part 3" (sanity check the initial loss).
+    """
+
+    id = "chance-level-loss"
+    title = "Initial loss far from the random-guess loss"
+    family = "loss"
+    severity = Severity.WARNING
+    needs = ("steps",)
+    thresholds = (
+        Threshold("max_relative_deviation", 0.5, "|loss0 - ln K| / ln K above which the start is suspicious (warning)", "fraction"),
+        Threshold("min_prior_share", 0.5, "share of the majority class at which the bias should encode the prior", "fraction"),
+    )
+    citations = (CHECKLIST, Citation("Karpathy, 'A Recipe for Training Neural Networks', 2019"),
+                 Citation("CS231n notes, 'Neural Networks Part 3'"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        init = getattr(obs, "experiments", {}).get("init") if hasattr(obs, "experiments") else None
+        if init:
+            yield from self._judge(init.get("loss"), init.get("n_classes"), init.get("loss_kind"),
+                                   reduction="mean", multi=False, step=None, source="at initialisation")
+            yield from self._bias_prior(init)
+            return
+        graph = obs.first_loss_graph()
+        first = next((r for r in obs.steps if r.loss is not None), None)
+        if first is None:
+            raise Skip("no loss value was observed")
+        if graph is None:
+            raise Skip("the loss's graph was not observed, so its type and K are unknown")
+        yield from self._judge(first.loss, graph.n_classes, graph.kind, graph.reduction, graph.multi_term,
+                               first.step, source=f"at step {first.step}")
+
+    def _judge(self, loss, k, kind, reduction, multi, step, source) -> Iterable[Finding]:
+        if kind not in ("cross_entropy",):
+            raise Skip(f"the loss is {kind or 'unknown'}, not a softmax cross-entropy: -ln(1/K) does not apply")
+        if multi:
+            raise Skip("the loss is a sum of several terms; the chance level of the whole is unknown")
+        if reduction == "sum":
+            raise Skip("the loss uses reduction='sum'; the chance level scales with the batch size")
+        if not k or k < 2:
+            raise Skip("the number of classes K could not be read from the logits")
+        if loss is None or not math.isfinite(loss):
+            raise Skip("the initial loss is not finite (see nan-trace)")
+        chance = math.log(k)
+        dev = abs(loss - chance) / chance
+        # Below chance is not judged: a pre-trained model, training before watching, or a
+        # loss scaled for accumulation (loss / n) all give that legitimately.
+        if dev > self.max_relative_deviation and loss > chance:
+            yield self.finding(
+                f"The loss {source} is {fmt(loss)}, but a uniform guess over K={k} classes gives "
+                f"-ln(1/{k}) = {fmt(chance)} ({dev:.0%} above): the initial logits are confidently "
+                f"wrong (large init of the last layer, unnormalised inputs).",
+                severity=Severity.WARNING, step=step,
+                loss=loss, chance_loss=chance, n_classes=k, relative_deviation=dev)
+
+    def _bias_prior(self, init) -> Iterable[Finding]:
+        prior = init.get("label_prior") or []
+        pred = init.get("predicted_prior") or []
+        if not prior or not pred or len(prior) != len(pred):
+            return
+        top = max(range(len(prior)), key=lambda i: prior[i])
+        if prior[top] >= self.min_prior_share and pred[top] < 0.5 * prior[top]:
+            yield self.finding(
+                f"Class {top} makes up {prior[top]:.0%} of the labels but the initial model predicts it with "
+                f"{pred[top]:.0%}: initialise the last layer's bias to log(prior) to start at the prior's loss.",
+                severity=Severity.INFO, where=None, label_prior=prior, predicted_prior=pred,
+                fix="Set final_layer.bias.data = torch.log(prior) (class frequencies), as in Karpathy's recipe.")
+
+
+class LossNotDecreasing(Check):
+    """## What it measures
+    The trend of the loss over the watched steps: the median of the last third against
+    the first third (reported), Kendall's rank statistic (share of later losses below earlier
+    ones) and the t statistic of a least-squares slope: both must show no progress
+    before it fires, so minibatch noise is not mistaken for a plateau (nor a noisy
+    plateau for progress). Also a loss that never changes at all.
+
+    ## Why it matters
+    The checklist: if the loss trends down, wait longer — if it does not, something is
+    wrong (learning rate, a frozen graph, labels decoupled from inputs). A loss that is
+    bit-for-bit constant means no parameter that matters is being updated.
+
+    ## How to fix
+    - Run the LR sweep (`nndoctor check` runs it): try the learning rate x10 and x0.1.
+    - Check frozen-layer and grad-not-zeroed findings; overfit a tiny batch first.
+    - A rising loss: lower the learning rate, check the sign of the loss.
+
+    ## Known false positives
+    - Very noisy losses over few steps (small batches, strong augmentation): the
+      check needs `min_steps` values and uses the rank statistic to resist noise.
+    - Phases where the loss legitimately rises (warm restarts, curriculum changes).
+
+    ## Example
+    An optimizer built over a copy of the model's parameters: the loss stays at its
+    initial value forever.
+
+    ## References
+    - The training checklist ("if the loss trends down, wait longer").
+    - Amazon SageMaker Debugger LossNotDecreasing rule; TheDeepChecker (loss must fall 5% per window).
+    """
+
+    id = "loss-not-decreasing"
+    title = "The loss does not go down"
+    family = "loss"
+    severity = Severity.ERROR
+    needs = ("steps",)
+    thresholds = (
+        Threshold("min_steps", 8, "finite loss values needed to judge a trend", "steps"),
+        Threshold("min_down_pairs", 0.6, "share of (earlier, later) pairs with a lower later loss that counts as a downward trend", "fraction"),
+        Threshold("max_trend_t", -2.0, "t statistic of the least-squares slope below which the loss is significantly falling (no finding)", "t"),
+        Threshold("diverging", 0.5, "relative increase above which the loss is diverging (error)", "fraction"),
+    )
+    citations = (CHECKLIST, Citation("SageMaker Debugger LossNotDecreasing rule"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        losses = finite(v for _, v in obs.losses)
+        if len(losses) < self.min_steps:
+            raise Skip(f"needs {int(self.min_steps)} finite loss values, saw {len(losses)}")
+        third = max(len(losses) // 3, 1)
+        first, last = median(losses[:third]), median(losses[-third:])
+        scale = max(abs(first), 1e-12)
+        change = (last - first) / scale
+        down = downward_pair_fraction(losses)
+        slope, t = slope_t_statistic(losses)
+        evidence = {"first": first, "last": last, "relative_change": change, "down_pair_fraction": down,
+                    "slope_t": t, "n": len(losses), "losses": losses[:200]}
+        if max(losses) - min(losses) <= 1e-7 * max(abs(first), 1e-12):
+            yield self.finding(
+                f"The loss is constant at {fmt(first)} over {len(losses)} steps: no update reaches the loss.",
+                severity=Severity.ERROR, **evidence,
+                fix="Check that the optimizer holds the model's parameters, the learning rate is not 0, "
+                    "and the graph is not cut (see frozen-layer).")
+        elif change > self.diverging:
+            yield self.finding(
+                f"The loss rises from {fmt(first)} to {fmt(last)} ({change:+.0%}) over {len(losses)} steps: training diverges.",
+                severity=Severity.ERROR, **evidence,
+                fix="Lower the learning rate (x0.1), check the sign of the loss, clip gradients.")
+        elif down < self.min_down_pairs and t > self.max_trend_t:
+            yield self.finding(
+                f"The loss shows no downward trend over {len(losses)} steps: {fmt(first)} -> {fmt(last)} "
+                f"({change:+.1%}; {down:.0%} of later values below earlier ones; trend t = {t:.1f}).",
+                severity=Severity.WARNING, **evidence)

@@ -1,0 +1,414 @@
+"""Parameter checks: frozen and unused parameters, update sizes, init scales, modes."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from .._report import Finding, Severity
+from ._base import CHECKLIST, Check, Citation, Skip, Threshold
+from ._util import fmt, listing, median
+
+
+def _modules_of(obs, names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(obs.module_of(n) or "(root)" for n in names))
+
+
+class FrozenLayer(Check):
+    """## What it measures
+    Parameters that cannot train: (a) `requires_grad=False`; (b) trainable but in no
+    optimizer's param groups; (c) in a module that runs in the forward pass but never
+    receives a gradient (the graph is cut: `.detach()`, `torch.no_grad()`, `.data`, a
+    cast to an integer type); (d) gradients that are exactly zero at every step;
+    (e) gradients present but the value never changes (learning rate 0 for its group).
+
+    ## Why it matters
+    The checklist: look for frozen layers whose weights never update. A layer cut from
+    the graph silently trains nothing while the rest of the model adapts around it.
+
+    ## How to fix
+    - Pass `model.parameters()` (all of them) to the optimizer, after building every layer.
+    - Remove `.detach()`, `.data` and `torch.no_grad()` from the forward pass of layers that must train.
+    - Set `requires_grad=True` on layers you meant to fine-tune.
+
+    ## Known false positives
+    - A deliberately frozen backbone (`requires_grad=False`) is reported as `info` only.
+    - Parameters used only on some steps (e.g. an auxiliary head every N steps).
+
+    ## Example
+    `x = self.encoder(x).detach()` inside `forward`: the encoder runs but never gets a
+    gradient; the classifier on top trains on fixed random features.
+
+    ## References
+    - The training checklist ("look for frozen layers whose weights never update").
+    - Amazon SageMaker Debugger UnchangedTensor rule.
+    """
+
+    id = "frozen-layer"
+    title = "Layers whose weights never update"
+    family = "parameters"
+    severity = Severity.ERROR
+    needs = ("params", "steps", "called_modules")
+    citations = (CHECKLIST, Citation("SageMaker Debugger UnchangedTensor rule"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        if not obs.params:
+            raise Skip("the model has no parameters")
+        params = obs.params
+        frozen = [n for n, m in params.items() if not m.requires_grad]
+        if frozen and len(frozen) == len(params):
+            yield self.finding(
+                f"All {len(params)} parameters have requires_grad=False: nothing in the model can train.",
+                severity=Severity.ERROR, where=None, parameters=len(params),
+                fix="Set requires_grad=True on the parameters that must train (e.g. model.requires_grad_(True) then freeze selectively).",
+            )
+            return
+        if frozen:
+            mods = _modules_of(obs, frozen)
+            yield self.finding(
+                f"{len(frozen)} parameter tensor(s) in {len(mods)} module(s) have requires_grad=False "
+                f"({listing(mods)}); fine if you froze them on purpose.",
+                severity=Severity.INFO, where=mods[0], modules=mods,
+                parameters=sum(params[n].numel for n in frozen),
+            )
+        trainable = [n for n, m in params.items() if m.requires_grad]
+        if obs.has_optimizer:
+            missing = [n for n in trainable if params[n].in_optimizer is False]
+            if missing:
+                mods = _modules_of(obs, missing)
+                sev = Severity.ERROR if len(missing) == len(trainable) else Severity.WARNING
+                yield self.finding(
+                    f"{len(missing)} trainable parameter tensor(s) are in no optimizer, so they never update: "
+                    f"{listing(mods)}.",
+                    severity=sev, where=mods[0], modules=mods, parameter_names=missing[:50],
+                    fix="Build the optimizer after the whole model exists and pass model.parameters() "
+                        "(or add the missing ones with optimizer.add_param_group).",
+                )
+        steps = [r for r in obs.steps if r.backward_calls > 0 and (r.grad_norms or r.grads_missing)]
+        if not steps:
+            return
+        called = obs.called_modules
+        never_grad = [n for n in trainable if all(n in r.grads_missing for r in steps)]
+        # Modules never called are unused-parameter's business; here: called but cut.
+        cut = [n for n in never_grad if not called or obs.module_of(n) in called]
+        if cut:
+            mods = _modules_of(obs, cut)
+            sev = Severity.ERROR
+            yield self.finding(
+                f"{listing(mods)} run in the forward pass but never receive a gradient "
+                f"({len(cut)} parameter tensor(s)): the graph is cut between them and the loss "
+                f"(.detach(), .data, torch.no_grad(), or an integer cast).",
+                severity=sev, where=mods[0], modules=mods, parameter_names=cut[:50],
+            )
+        have_grad = [n for n in trainable if n not in never_grad]
+        zero = [n for n in have_grad
+                if all(r.grad_norms.get(n, 0.0) == 0.0 for r in steps if n in r.grad_norms)
+                and any(n in r.grad_norms for r in steps)]
+        if zero and len(steps) >= 2:
+            mods = _modules_of(obs, zero)
+            yield self.finding(
+                f"The gradients of {listing(mods)} were exactly zero at all {len(steps)} watched steps "
+                f"(a dead ReLU upstream, a multiplication by zero, or a mask).",
+                severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=zero[:50],
+            )
+        updated = [r for r in obs.steps if r.update_norms]
+        if updated and obs.updates_seen:
+            unchanged = [n for n in have_grad if n not in zero and n in obs.params_changed
+                         and not obs.params_changed[n] and params[n].in_optimizer is not False]
+            if unchanged:
+                mods = _modules_of(obs, unchanged)
+                yield self.finding(
+                    f"{listing(mods)} get non-zero gradients but their values never changed over "
+                    f"{len(updated)} measured updates (learning rate 0 for their param group?).",
+                    severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=unchanged[:50],
+                )
+
+
+class UnusedParameter(Check):
+    """## What it measures
+    Registered modules with parameters that are never called in the forward pass, and
+    modules called *inside* the model's forward that are not registered in it (kept in a
+    plain Python list or dict, or created on the fly).
+
+    ## Why it matters
+    Unused parameters waste memory and break `DistributedDataParallel` (it waits for
+    their gradients). Unregistered modules are worse: `model.parameters()` does not
+    list them, so the optimizer never updates them, `model.to(device)` does not move
+    them and `state_dict()` does not save them.
+
+    ## How to fix
+    - Keep sub-modules in `nn.ModuleList` / `nn.ModuleDict`, never in a plain list/dict.
+    - Create layers in `__init__`, not inside `forward`.
+    - Delete layers that the forward pass never uses (or pass `find_unused_parameters=True` to DDP if their use is conditional).
+
+    ## Known false positives
+    - Branches used only on some inputs or some steps (auxiliary heads, mixture of experts).
+    - Modules used only at evaluation time.
+
+    ## Example
+    `self.layers = [nn.Linear(32, 32) for _ in range(3)]` in `__init__`: the layers run
+    but are invisible to `model.parameters()` and never train.
+
+    ## References
+    - PyTorch docs, "nn.ModuleList" and DDP `find_unused_parameters`.
+    - The training checklist (check every part of a hand-built architecture).
+    """
+
+    id = "unused-parameter"
+    title = "Parameters never used in forward, or modules used but not registered"
+    family = "parameters"
+    severity = Severity.ERROR
+    needs = ("called_modules", "unregistered_modules", "modules")
+    citations = (Citation("PyTorch documentation, nn.ModuleList / DistributedDataParallel"), CHECKLIST)
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        if not obs.called_modules:
+            raise Skip("no sampled forward pass of the model was observed")
+        for info in obs.unregistered_modules:
+            if info.get("parameters", 0) == 0:
+                continue
+            trains = info.get("in_optimizer")
+            sev = Severity.WARNING if trains else Severity.ERROR
+            consequence = ("it is in the optimizer, but model.to(), state_dict() and model.parameters() miss it"
+                           if trains else "its parameters are in no optimizer and never train; "
+                                          "model.to(), state_dict() and model.parameters() miss it")
+            yield self.finding(
+                f"A {info['class']} with {info['parameters']} parameters runs inside the model's forward "
+                f"but is not registered as a sub-module: {consequence}.",
+                severity=sev, where=None, module_class=info["class"], parameters=info["parameters"],
+            )
+        # A module can be used without being called: its weights read functionally
+        # (MultiheadAttention's out_proj, weight tying). Gradients prove use.
+        with_grad = {obs.module_of(n) for r in obs.steps for n in r.grad_norms}
+        unused = [
+            p for p, m in obs.modules.items()
+            if m.n_params > 0 and p and p not in obs.called_modules and p not in with_grad
+            and not any(c.startswith(p + ".") for c in obs.called_modules)
+        ]
+        # Report the outermost unused modules only.
+        top = [p for p in unused if not any(p.startswith(q + ".") for q in unused if q != p)]
+        if top:
+            n = sum(obs.modules[p].n_params for p in unused)
+            yield self.finding(
+                f"{len(top)} registered module(s) with parameters never ran in the forward pass: "
+                f"{listing(top)} ({n} parameters in all).",
+                severity=Severity.WARNING, where=top[0], modules=top, parameters=n,
+            )
+
+
+class UpdateRatio(Check):
+    """## What it measures
+    For every weight matrix, the ratio ||update|| / ||weight|| of each measured update
+    (the change the optimizer, or your hand-written rule, made in one step); the
+    verdict uses the median over layers of the median over steps, and lists outliers.
+
+    ## Why it matters
+    The checklist: the ratio of the update size to the weight size should be about
+    1e-3. Far above, the learning rate is too high and the weights are being rewritten
+    each step (divergence, dead ReLUs); far below, nothing moves and training stalls.
+
+    ## How to fix
+    - Ratio too high: lower the learning rate (x0.1), add warm-up or gradient clipping.
+    - Ratio too low: raise the learning rate (x10); check weight decay is not fighting the updates.
+
+    ## Known false positives
+    - Adam's first steps update every weight by about the learning rate, so tiny
+      layers with a small init show large ratios early; the band is wide (1e-6 to 1e-1).
+    - Biases and norm parameters (zero-initialised) are not judged.
+
+    ## Example
+    SGD with lr=10 on a default-initialised MLP: each step changes the weights by more
+    than their own norm (ratio > 1).
+
+    ## References
+    - The training checklist ("the ratio of update size to weight size should be about 0.001").
+    - CS231n, "Neural Networks Part 3: ratio of weights:updates"; DL4J visualisation guide.
+    """
+
+    id = "update-ratio"
+    title = "Update size / weight size far from ~1e-3"
+    family = "parameters"
+    severity = Severity.ERROR
+    needs = ("steps", "params")
+    thresholds = (
+        Threshold("high", 1e-1, "median ratio above which the learning rate is likely too high (warning)", "ratio"),
+        Threshold("broken", 1.0, "median ratio at which every update rewrites the weights (error)", "ratio"),
+        Threshold("low", 1e-6, "median ratio below which updates are too small to matter (warning)", "ratio"),
+    )
+    citations = (CHECKLIST, Citation("CS231n notes, 'Neural Networks Part 3'"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        per: dict[str, list[float]] = {}
+        for rec in obs.steps:
+            for name, upd in rec.update_norms.items():
+                meta = obs.params.get(name)
+                w = rec.weight_norms.get(name)
+                if meta is None or meta.role != "weight" or not w or not math.isfinite(upd) or not math.isfinite(w):
+                    continue
+                per.setdefault(name, []).append(upd / w)
+        if not per:
+            raise Skip("no weight update was measured (no sampled step with an update)")
+        ratios = {n: median(v) for n, v in per.items()}
+        moving = {n: r for n, r in ratios.items() if r > 0}
+        if not moving:
+            raise Skip("no weight changed in the measured updates (see frozen-layer)")
+        overall = median(moving.values())
+        evidence = {"median_ratio": overall, "ratio_by_param": moving}
+        if overall >= self.broken or overall > self.high:
+            worst = max(moving, key=moving.get)
+            sev = Severity.ERROR if overall >= self.broken else Severity.WARNING
+            yield self.finding(
+                f"Each update changes the weights by {fmt(overall)} of their norm (median over "
+                f"{len(moving)} weight tensors; ~1e-3 is healthy); largest at `{worst}` ({fmt(moving[worst])}). "
+                f"The learning rate is likely too high.",
+                severity=sev, where=obs.params[worst].module, **evidence)
+        elif overall < self.low:
+            worst = min(moving, key=moving.get)
+            yield self.finding(
+                f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
+                f"is healthy): the learning rate is likely too low to make progress.",
+                severity=Severity.WARNING, where=obs.params[worst].module, **evidence)
+
+
+class WeightInit(Check):
+    """## What it measures
+    At the start of watching, the standard deviation of every Linear/Conv weight,
+    expressed in units of 1/sqrt(fan_in) (LeCun). PyTorch's default init gives 0.58,
+    Xavier 0.3-1.4 depending on fan-out, He 1.41. Also weights that are all equal
+    (zero or constant) in a hidden layer.
+
+    ## Why it matters
+    The checklist: initialisation matters; use Xavier/Glorot or He. A scale far above
+    He explodes the activations layer after layer; far below vanishes them. Identical
+    weights make every unit of a layer compute the same thing forever (symmetry is
+    never broken).
+
+    ## How to fix
+    - Use `nn.init.kaiming_normal_(w, nonlinearity="relu")` for ReLU nets, `nn.init.xavier_uniform_` for tanh/sigmoid, or keep PyTorch's defaults.
+    - Never initialise hidden weights to a constant; zero init is fine only for the last layer or residual branches.
+
+    ## Known false positives
+    - Pre-trained weights can legitimately have other scales (then activation-std tells
+      whether it matters).
+    - Zero-initialised last layers or residual-branch outputs (a known good practice) are
+      not flagged: only layers before the last one are.
+
+    ## Example
+    `nn.init.normal_(layer.weight, std=1.0)` on a `Linear(512, 512)`: the std is 22.6x
+    LeCun's, and activations grow ~16x per layer.
+
+    ## References
+    - The training checklist ("initialisation matters: Xavier/Glorot or He").
+    - He et al., ICCV 2015; Glorot & Bengio, AISTATS 2010; LeCun et al., "Efficient BackProp", 1998.
+    """
+
+    id = "weight-init"
+    title = "Initial weight scale far from Xavier/He"
+    family = "parameters"
+    severity = Severity.ERROR
+    needs = ("params", "forward_order")
+    thresholds = (
+        Threshold("low", 0.1, "std x sqrt(fan_in) below which the init is too small (warning)", "LeCun units"),
+        Threshold("high", 4.0, "std x sqrt(fan_in) above which the init is too large (warning; He is 1.41)", "LeCun units"),
+    )
+    citations = (CHECKLIST, Citation("He et al., ICCV 2015"), Citation("Glorot & Bengio, AISTATS 2010"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        weights = [m for m in obs.params.values() if m.role == "weight" and m.init_std is not None and m.fan_in]
+        if not weights:
+            raise Skip("no Linear/Conv weight to judge")
+        order = {p: i for i, p in enumerate(obs.forward_order)}
+        ordered = sorted(weights, key=lambda m: order.get(m.module, 10**9))
+        last_module = ordered[-1].module if order else None
+        symmetric, small, large = [], [], []
+        scale = {}
+        for m in weights:
+            s = m.init_std * math.sqrt(m.fan_in)
+            scale[m.name] = s
+            if m.init_all_equal:
+                if m.module != last_module:
+                    symmetric.append(m)
+                continue
+            if s < self.low:
+                small.append(m)
+            elif s > self.high:
+                large.append(m)
+        evidence = {"scale_by_weight": scale}
+        if symmetric:
+            names = [m.name for m in symmetric]
+            yield self.finding(
+                f"{listing(names)} start with all weights equal (value {fmt(symmetric[0].init_mean)}): every "
+                f"unit of the layer computes the same thing and symmetry is never broken.",
+                severity=Severity.ERROR, where=symmetric[0].module, weights=names, **evidence,
+            )
+        for group, word in ((large, "large"), (small, "small")):
+            if not group:
+                continue
+            worst = max(group, key=lambda m: abs(math.log(max(scale[m.name], 1e-30))))
+            yield self.finding(
+                f"{len(group)} weight tensor(s) start with a {word} scale: {listing([m.name for m in group])}; "
+                f"`{worst.name}` has std {fmt(worst.init_std)} = {fmt(scale[worst.name])}/sqrt(fan_in={worst.fan_in}) "
+                f"(He is 1.41/sqrt(fan_in), PyTorch's default 0.58/sqrt(fan_in)).",
+                severity=Severity.WARNING, where=worst.module, weights=[m.name for m in group], **evidence,
+            )
+
+
+class TrainEvalMode(Check):
+    """## What it measures
+    Whether the model was in `eval()` mode during training steps (steps with a
+    backward), and whether a BatchNorm layer in training mode saw batches of one sample.
+
+    ## Why it matters
+    The checklist: frameworks behave differently in train and eval phase. In eval mode
+    dropout is off and BatchNorm uses its running statistics, which are never updated:
+    a model left in eval mode after validation trains without its regularisers and with
+    frozen normalisation. A BatchNorm batch of one has zero variance: its output is
+    pure noise around the bias.
+
+    ## How to fix
+    - Call `model.train()` at the start of every training epoch (after any `model.eval()`).
+    - Use batches of at least 2 (drop_last=True in the DataLoader) or GroupNorm/LayerNorm for tiny batches.
+
+    ## Known false positives
+    - Fine-tuning with BatchNorm deliberately frozen in eval mode (reported as a warning
+      only when the model has dropout or BatchNorm; otherwise eval mode changes nothing
+      and it is info).
+
+    ## Example
+    `model.eval(); validate(); for x, y in loader: ...` with no `model.train()` in the
+    next epoch.
+
+    ## References
+    - The training checklist ("frameworks behave differently in train and eval phase").
+    - Ioffe & Szegedy, "Batch Normalization", ICML 2015.
+    """
+
+    id = "train-eval-mode"
+    title = "Training in eval mode, or BatchNorm on batches of one"
+    family = "modes"
+    severity = Severity.WARNING
+    needs = ("steps", "modules")
+    citations = (CHECKLIST, Citation("Ioffe & Szegedy, ICML 2015"))
+
+    def evaluate(self, obs) -> Iterable[Finding]:
+        steps = [r for r in obs.steps if r.backward_calls > 0 and r.training is not None]
+        if not steps:
+            raise Skip("no training step was observed")
+        in_eval = [r.step for r in steps if r.training is False]
+        if in_eval:
+            mode_sensitive = [p for p, m in obs.modules.items() if m.category in ("dropout", "batchnorm")]
+            sev = Severity.WARNING if mode_sensitive else Severity.INFO
+            yield self.finding(
+                f"The model was in eval mode during {len(in_eval)} of {len(steps)} training steps"
+                + (f"; {len(mode_sensitive)} Dropout/BatchNorm layer(s) behave differently there "
+                   f"({listing(mode_sensitive, 3)})." if mode_sensitive else
+                   " (it has no Dropout/BatchNorm, so this changes nothing yet)."),
+                severity=sev, step=in_eval[0], eval_steps=in_eval[:50], mode_sensitive_layers=mode_sensitive,
+            )
+        bn_one = sorted({p for r in obs.steps for p in r.bn_batch_one})
+        if bn_one:
+            yield self.finding(
+                f"BatchNorm layer(s) {listing(bn_one)} received a batch of one sample in training mode: "
+                f"the batch statistics are meaningless.",
+                severity=Severity.WARNING, where=bn_one[0], layers=bn_one,
+            )

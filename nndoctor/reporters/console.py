@@ -1,0 +1,75 @@
+"""The console report (rich): grouped by severity, worst first, each finding with the
+layer it concerns and its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .._report import Report, Severity
+
+__all__ = ["print_report", "render_report", "SEVERITY_STYLE"]
+
+SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+_HEADINGS = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO: "Notes"}
+
+
+def render_report(report: Report, *, verbose: bool = False) -> Group:
+    parts: list[Any] = []
+    model = report.model or {}
+    head = Text("nndoctor", style="bold")
+    if report.script:
+        head.append(f" · {report.script}")
+    if model:
+        head.append(f" · {model.get('class', '?')} ({model.get('parameters', 0):,} parameters, "
+                    f"{model.get('trainable', 0):,} trainable)")
+    head.append(f" · {report.steps_observed} step(s) watched")
+    parts.append(head)
+    if not report.findings:
+        parts.append(Text(f"No problem found by the {len(report.checks_run)} checks that ran.", style="green"))
+    for sev in (Severity.ERROR, Severity.WARNING, Severity.INFO):
+        group = [f for f in report.findings if f.severity is sev]
+        if not group:
+            continue
+        parts.append(Text(f"\n{_HEADINGS[sev]} ({len(group)})", style=SEVERITY_STYLE[sev]))
+        for f in group:
+            line = Text()
+            line.append(f"{sev.value}", style=SEVERITY_STYLE[sev])
+            line.append(f"[{f.check}] ", style="bold")
+            line.append(f.title)
+            if f.where:
+                line.append(f"  at {f.where}", style="magenta")
+            if f.step is not None:
+                line.append(f"  step {f.step}", style="dim")
+            body = Text("  ")
+            body.append(f.message)
+            fix = Text("  fix: ", style="green")
+            fix.append(f.fix)
+            parts.extend([line, body, fix])
+    summary = Text(
+        f"\n{len(report.errors)} error(s), {len(report.warnings)} warning(s), "
+        f"{len(report.findings) - len(report.errors) - len(report.warnings)} note(s); "
+        f"{len(report.checks_run)} check(s) ran, {len(report.checks_skipped)} skipped.",
+        style="bold",
+    )
+    parts.append(summary)
+    if report.checks_skipped and verbose:
+        table = Table("skipped check", "why", show_header=True, header_style="dim", box=None)
+        for s in report.checks_skipped:
+            table.add_row(s["check"], s["reason"])
+        parts.append(table)
+    elif report.checks_skipped:
+        parts.append(Text("Skipped: " + ", ".join(s["check"] for s in report.checks_skipped)
+                          + " (details in the JSON report, or with --verbose)", style="dim"))
+    if report.logdir:
+        parts.append(Text(f"TensorBoard: tensorboard --logdir {report.logdir}", style="dim"))
+    return Group(*parts)
+
+
+def print_report(report: Report, console: Console | None = None, *, verbose: bool = False) -> None:
+    console = console or Console()
+    console.print(render_report(report, verbose=verbose))

@@ -1,0 +1,496 @@
+"""The bug zoo: small training setups modelled on the checklist's real failure patterns,
+and healthy ones (including intended patterns) that must not raise errors.
+
+Each case builds its own model, data and loop; ``run_case`` trains it under
+``Doctor.watch()`` and returns the report. The expectations live in the test matrix
+(``tests/test_bugzoo.py``), as data.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nndoctor import Doctor, Report
+
+
+# ---------------------------------------------------------------------------- data
+def teacher_data(n: int = 512, d: int = 20, k: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, k, generator=g)
+    y = (x @ w).argmax(1)
+    return x, y
+
+
+def image_data(n: int = 256, k: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n,), generator=g)
+    x = torch.randn(n, 3, 12, 12, generator=g) * 0.5
+    # class-dependent bright square: learnable by a small CNN
+    for c in range(k):
+        r, col = divmod(c, 2)
+        x[y == c, :, r * 6 : r * 6 + 6, col * 6 : col * 6 + 6] += 1.0
+    return x, y
+
+
+def mlp(d=20, h=64, k=4, act=nn.ReLU, depth=2):
+    layers, width = [], d
+    for _ in range(depth):
+        layers += [nn.Linear(width, h), act()]
+        width = h
+    layers.append(nn.Linear(width, k))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, k=4, bn=True):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16) if bn else nn.Identity(), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32) if bn else nn.Identity(), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(32, k)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+# ---------------------------------------------------------------------------- harness
+@dataclass
+class Setup:
+    model: nn.Module
+    step: Callable[[int], None]  # runs one training step (the user's loop body)
+    optimizer: torch.optim.Optimizer | None = None
+    loss_fn: object = None
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], Setup]
+    expect: set[str] = field(default_factory=set)  # ids that must be reported (warning or error)
+    healthy: bool = False
+    steps: int = 30
+    allow: set[str] = field(default_factory=set)  # healthy: warnings tolerated (documented)
+
+
+def run_case(case: Case, **doctor_kwargs) -> Report:
+    torch.manual_seed(0)
+    setup = case.build()
+    doctor = Doctor(setup.model, optimizer=setup.optimizer, loss_fn=setup.loss_fn, **doctor_kwargs)
+    with doctor.watch():
+        for i in range(case.steps):
+            setup.step(i)
+    return doctor.report()
+
+
+def standard_loop(model, opt, loss_fn, x, y, *, batch=32, zero_grad=True, shuffle=True, fixed=False):
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        if fixed:
+            idx = torch.arange(batch)
+        elif shuffle:
+            idx = torch.randint(0, n, (batch,), generator=gen)
+        else:
+            start = (i * batch) % n
+            idx = torch.arange(start, start + batch)
+        if zero_grad:
+            opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def classic(model=None, lr=0.05, opt_cls=torch.optim.SGD, data=None, loss_fn=None, **loop):
+    x, y = data if data is not None else teacher_data()
+    model = model if model is not None else mlp()
+    opt = opt_cls(model.parameters(), lr=lr)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y, **loop), opt, loss_fn)
+
+
+# ---------------------------------------------------------------------------- bugs
+def b_missing_zero_grad():
+    return classic(zero_grad=False)
+
+
+def b_softmax_before_ce():
+    model = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    return classic(model=model)
+
+
+def b_logits_to_nll():
+    return classic(loss_fn=nn.NLLLoss())
+
+
+def b_sigmoid_before_bce_logits():
+    x, y = teacher_data()
+    yb = F.one_hot(y, 4).float()
+    model = nn.Sequential(mlp(), nn.Sigmoid())
+    return classic(model=model, data=(x, yb), loss_fn=nn.BCEWithLogitsLoss())
+
+
+def b_layer_not_in_optimizer():
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model[-1].parameters(), lr=0.05)  # only the head trains
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
+class DetachNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(20, 64), nn.ReLU())
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).detach())  # the bug: encoder cut from the graph
+
+
+def b_detach_in_forward():
+    return classic(model=DetachNet())
+
+
+class ListNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(20, 32)
+        self.blocks = [nn.Linear(32, 32) for _ in range(2)]  # the bug: a plain list
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = F.relu(self.inp(x))
+        for b in self.blocks:
+            x = F.relu(b(x))
+        return self.out(x)
+
+
+def b_unregistered_modules():
+    return classic(model=ListNet())
+
+
+class UnusedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.aux = nn.Linear(20, 4)  # never called
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def b_unused_module():
+    return classic(model=UnusedNet())
+
+
+def b_unnormalized_input():
+    x, y = image_data()
+    x = ((x - x.min()) / (x.max() - x.min()) * 255).round()  # raw 0-255 pixels
+    return classic(model=SmallCNN(bn=False), data=(x, y), lr=1e-4)
+
+
+def b_all_zero_input():
+    x, y = teacher_data()
+    return classic(data=(torch.zeros_like(x), y))
+
+
+def b_repeated_batch():
+    return classic(fixed=True)
+
+
+def b_dead_relu():
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+    return classic(model=model)
+
+
+def b_huge_init():
+    model = mlp()
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=3.0)
+    return classic(model=model, lr=1e-3)
+
+
+class LogLoss(nn.Module):
+    """A hand-written cross-entropy that takes log of softmax probabilities that underflow."""
+
+    def forward(self, logits, y):
+        p = torch.softmax(logits * 200.0, dim=1)
+        return -(torch.log(p.gather(1, y[:, None]))).mean()
+
+
+def b_log_zero_loss():
+    return classic(loss_fn=LogLoss())
+
+
+def b_lr_100x():
+    return classic(lr=50.0)
+
+
+def b_lr_far_too_low():
+    return classic(lr=1e-7)
+
+
+def b_eval_mode_training():
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 4))
+    setup = classic(model=model)
+    model.eval()  # the bug: left in eval mode after "validation"
+    return setup
+
+
+def b_sorted_labels():
+    x, y = teacher_data(n=512)
+    order = torch.argsort(y, stable=True)
+    return classic(data=(x[order], y[order]), shuffle=False)
+
+
+def b_deep_sigmoid():
+    model = mlp(act=nn.Sigmoid, depth=10, h=32)
+    return classic(model=model, lr=0.01)
+
+
+def b_saturated_tanh():
+    model = mlp(act=nn.Tanh)
+    with torch.no_grad():
+        model[0].weight.mul_(20.0)
+    return classic(model=model, lr=0.01)
+
+
+def b_optimizer_over_copy():
+    x, y = teacher_data()
+    model = mlp()
+    shadow = copy.deepcopy(model)
+    opt = torch.optim.SGD(shadow.parameters(), lr=0.05)  # the bug: optimizer owns a copy
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
+def b_constant_hidden_init():
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight.fill_(0.05)
+    return classic(model=model)
+
+
+class SqrtNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 32)
+        self.norm = SignedRoot()
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+class SignedRoot(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(x)  # the bug: sqrt of negative values -> NaN
+
+
+def b_nan_in_forward_layer():
+    return classic(model=SqrtNet())
+
+
+def b_manual_sgd_no_zero():
+    x, y = teacher_data()
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.05 * p.grad  # the bug: p.grad is never reset
+
+    return Setup(model, step)
+
+
+def b_bn_batch_of_one():
+    x, y = image_data()
+    model = SmallCNN()
+    return classic(model=model, data=(x, y), batch=1)
+
+
+def b_lr_zero():
+    return classic(lr=0.0)
+
+
+BUGS = [
+    Case("missing-zero-grad", b_missing_zero_grad, {"grad-not-zeroed"}),
+    Case("softmax-before-cross-entropy", b_softmax_before_ce, {"loss-input-format"}),
+    Case("logits-to-nll-loss", b_logits_to_nll, {"loss-input-format"}),
+    Case("sigmoid-before-bce-with-logits", b_sigmoid_before_bce_logits, {"loss-input-format"}),
+    Case("layers-not-in-optimizer", b_layer_not_in_optimizer, {"frozen-layer"}),
+    Case("detach-in-forward", b_detach_in_forward, {"frozen-layer"}),
+    Case("unregistered-modules-in-list", b_unregistered_modules, {"unused-parameter"}),
+    Case("registered-but-unused-module", b_unused_module, {"unused-parameter"}),
+    Case("unnormalized-0-255-input", b_unnormalized_input, {"input-normalization"}),
+    Case("all-zero-input", b_all_zero_input, {"input-normalization"}),
+    Case("repeated-batch", b_repeated_batch, {"repeated-batch"}),
+    Case("dead-relu-negative-bias", b_dead_relu, {"dead-relu"}),
+    Case("huge-init", b_huge_init, {"weight-init", "chance-level-loss", "activation-std"}),
+    Case("log-of-zero-in-loss", b_log_zero_loss, {"nan-trace"}),
+    Case("lr-100x-too-high", b_lr_100x, {"update-ratio"}),
+    Case("lr-far-too-low", b_lr_far_too_low, {"update-ratio", "loss-not-decreasing"}),
+    Case("training-in-eval-mode", b_eval_mode_training, {"train-eval-mode"}),
+    Case("sorted-labels-not-shuffled", b_sorted_labels, {"label-distribution"}),
+    Case("deep-sigmoid-vanishing", b_deep_sigmoid, {"vanishing-gradient"}),
+    Case("saturated-tanh", b_saturated_tanh, {"saturated-activation"}),
+    Case("optimizer-over-a-copy", b_optimizer_over_copy, {"frozen-layer", "loss-not-decreasing"}),
+    Case("constant-hidden-init", b_constant_hidden_init, {"weight-init"}),
+    Case("nan-from-sqrt-in-layer", b_nan_in_forward_layer, {"nan-trace"}),
+    Case("manual-sgd-without-zeroing", b_manual_sgd_no_zero, {"grad-not-zeroed"}),
+    Case("batchnorm-batch-of-one", b_bn_batch_of_one, {"train-eval-mode"}),
+    Case("learning-rate-zero", b_lr_zero, {"frozen-layer", "loss-not-decreasing"}),
+]
+
+
+# ---------------------------------------------------------------------------- healthy
+def h_mlp_adam():
+    return classic(opt_cls=torch.optim.Adam, lr=1e-3)
+
+
+def h_cnn_bn_momentum():
+    x, y = image_data()
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
+def h_frozen_backbone():
+    x, y = teacher_data()
+    backbone = nn.Sequential(nn.Linear(20, 64), nn.ReLU())
+    backbone.requires_grad_(False)
+    model = nn.Sequential(backbone, nn.Linear(64, 4))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
+def h_grad_accumulation():
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):  # one optimizer step = 4 micro-batches
+        opt.zero_grad()
+        for _ in range(4):
+            idx = torch.randint(0, 512, (8,), generator=gen)
+            (F.cross_entropy(model(x[idx]), y[idx]) / 4).backward()
+        opt.step()
+
+    return Setup(model, step, opt)
+
+
+def h_label_smoothing():
+    return classic(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+def h_dropout():
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 4))
+    return classic(model=model, opt_cls=torch.optim.Adam, lr=1e-3)
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 32, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def h_lstm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 7, 5, generator=g)
+    y = (x.sum(dim=(1, 2)) > 0).long() + (x[:, -1, 0] > 1).long()
+    return classic(model=LSTMClassifier(), data=(x, y), opt_cls=torch.optim.Adam, lr=3e-3)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, vocab=16, d=32, k=4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, k)
+
+    def forward(self, tokens):
+        return self.head(self.enc(self.emb(tokens)).mean(1))
+
+
+def h_transformer():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 16, (256, 10), generator=g)
+    y = (x[:, 0] % 4)
+    return classic(model=TinyTransformer(), data=(x, y), opt_cls=torch.optim.Adam, lr=1e-3)
+
+
+def h_manual_sgd():
+    x, y = teacher_data()
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+
+    return Setup(model, step)
+
+
+def h_multi_term_functional():
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        opt.zero_grad()
+        out = model(x[idx])
+        loss = F.cross_entropy(out, y[idx]) + 1e-4 * sum((p ** 2).sum() for p in model.parameters())
+        loss.backward()
+        opt.step()
+
+    return Setup(model, step, opt)
+
+
+HEALTHY = [
+    Case("mlp-adam", h_mlp_adam, healthy=True),
+    Case("cnn-batchnorm-momentum", h_cnn_bn_momentum, healthy=True),
+    Case("deliberately-frozen-backbone", h_frozen_backbone, healthy=True),
+    Case("gradient-accumulation", h_grad_accumulation, healthy=True),
+    Case("label-smoothing", h_label_smoothing, healthy=True),
+    Case("dropout", h_dropout, healthy=True),
+    Case("lstm", h_lstm, healthy=True),
+    Case("transformer", h_transformer, healthy=True),
+    Case("manual-sgd-with-zeroing", h_manual_sgd, healthy=True),
+    Case("functional-multi-term-loss", h_multi_term_functional, healthy=True),
+]
