@@ -144,6 +144,7 @@ class Doctor:
         self.checks = build_checks("passive", select=select, ignore=ignore, thresholds=thresholds)
         self.schedule = Schedule(dense_steps=dense_steps, sample_every=sample_every)
         self._recorder: Recorder | None = None
+        self._last_recorder: Recorder | None = None
         self._observations: Observations | None = None
         self._stream: Any = None
         self.script: str | None = None
@@ -178,6 +179,7 @@ class Doctor:
             recorder.detach()
             self._observations = recorder.finish()
             self._recorder = None
+            self._last_recorder = recorder
             if self._stream is not None:
                 stream, self._stream = self._stream, None
                 try:
@@ -191,6 +193,20 @@ class Doctor:
         on it (e.g. a custom update rule). Cheap: the value stays on the device."""
         if self._recorder is not None:
             self._recorder.log_loss(loss)
+
+    @property
+    def steps_completed(self) -> int:
+        """Training steps finished so far (while watching, or in the last watch)."""
+        if self._recorder is not None:
+            return self._recorder.steps_completed
+        return len(self._observations.steps) if self._observations is not None else 0
+
+    @property
+    def captured_batch(self) -> dict[str, Any]:
+        """The first training batch seen while watching: ``{"args", "kwargs"}`` as passed
+        to the model, ``"target"`` when the loss exposed it and ``"loss_graph"``."""
+        rec = self._recorder or self._last_recorder
+        return dict(rec.captured) if rec is not None else {}
 
     @property
     def observations(self) -> Observations | None:

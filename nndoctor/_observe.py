@@ -204,6 +204,19 @@ def _flatten_tensors(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[s
     return out
 
 
+def _clone_tree(obj: Any) -> Any:
+    """Detached clones of the tensors in a (nested) structure; other values as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple):
+        return tuple(_clone_tree(v) for v in obj)
+    if isinstance(obj, list):
+        return [_clone_tree(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    return obj
+
+
 def _float_tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
     return [(k, t) for k, t in _flatten_tensors(obj) if t.is_floating_point() and t.numel() > 0]
 
@@ -409,6 +422,9 @@ class Recorder:
         self._finished_steps: list[StepRecord] = []
         self._explicit_losses: dict[int, torch.Tensor] = {}
         self._seen_order: set[str] = set()
+        # The first training batch seen (inputs as passed to the model, and the class
+        # targets when the loss graph exposes them), cloned once, for the experiments.
+        self.captured: dict[str, Any] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -417,6 +433,10 @@ class Recorder:
         if model is None:  # pragma: no cover - the Doctor holds the model while watching
             raise RuntimeError("the watched model was garbage-collected")
         return model
+
+    @property
+    def steps_completed(self) -> int:
+        return self._step
 
     def attach(self) -> None:
         model = self.model
@@ -474,6 +494,11 @@ class Recorder:
             self._finalize()
         except Exception as exc:  # evaluating must never raise into the user's code
             self.obs.notes.append(f"observer failed while finishing: {exc!r}")
+        # Drop every reference to the user's tensors (parameters, snapshots).
+        self._params = []
+        self._snapshot = None
+        self._relu_active.clear()
+        self._pending = _Pending()
         return self.obs
 
     # -- description of the model (host side, once) -------------------------------------
@@ -743,6 +768,8 @@ class Recorder:
                 tensors = _flatten_tensors((args, kwargs))
                 if tensors:
                     self._record_input(cur, tensors[0][1])
+            if "args" not in self.captured:
+                self.captured["args"], self.captured["kwargs"] = _clone_tree((args, kwargs))
         except Exception as exc:
             self._observer_failed("model forward pre-hook", exc)
 
@@ -868,6 +895,8 @@ class Recorder:
         if cur is None or not cur.sampled or not torch.is_grad_enabled():
             return
         try:
+            if len(args) >= 2 and isinstance(args[1], torch.Tensor) and "target" not in self.captured:
+                self.captured["target"] = _clone_tree(args[1])
             if len(args) >= 2 and isinstance(args[1], torch.Tensor) and not args[1].is_floating_point():
                 logits = args[0] if isinstance(args[0], torch.Tensor) else None
                 k = int(logits.shape[1]) if logits is not None and logits.dim() >= 2 else None
@@ -906,6 +935,12 @@ class Recorder:
             if loss is not None and loss.grad_fn is not None and cur.loss_graph is None:
                 graph, nll = analyse_loss_graph(loss)
                 cur.loss_graph = graph
+                if nll is not None and "target" not in self.captured:
+                    try:
+                        self.captured["target"] = _clone_tree(nll._saved_target)
+                        self.captured["loss_graph"] = graph
+                    except Exception:
+                        pass
                 if nll is not None and graph.kind in ("cross_entropy", "nll") and cur.labels is None:
                     try:
                         target = nll._saved_target
