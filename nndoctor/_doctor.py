@@ -167,6 +167,7 @@ class Doctor:
 
             self._stream = TensorBoardStream(logdir)
             on_sync = self._stream.write_steps
+        self._logdir = str(logdir) if logdir is not None else None
         recorder = Recorder(
             self.model, optimizers=self.optimizers, loss_fn=self.loss_fn, schedule=self.schedule,
             on_sync=on_sync,
@@ -183,7 +184,9 @@ class Doctor:
             if self._stream is not None:
                 stream, self._stream = self._stream, None
                 try:
-                    stream.write_findings(self._evaluate(self._observations))
+                    report = self._evaluate(self._observations)
+                    report.logdir = str(logdir)
+                    stream.write_report(report)
                     stream.close()
                 except Exception as exc:
                     self._observations.notes.append(f"TensorBoard writer failed: {exc!r}")
@@ -219,7 +222,7 @@ class Doctor:
             steps_observed=len([s for s in obs.steps if s.backward_calls > 0]),
             model={"class": obs.model_class or type(self.model).__name__,
                    "parameters": obs.n_parameters, "trainable": obs.n_trainable},
-            script=self.script, observations=obs,
+            script=self.script, observations=obs, logdir=getattr(self, "_logdir", None),
         )
 
     def report(self) -> Report:

@@ -487,8 +487,9 @@ class Recorder:
     def finish(self) -> Observations:
         """Close the open step, sync, and return the observations (after detach)."""
         try:
+            self._remove_step_hooks()
             if self._cur is not None and (self._cur.backward_calls or self._pending_close):
-                self._close_step()
+                self._close_step(begin_next=False)
             self._cur = None
             self._sync()
             self._finalize()
@@ -588,7 +589,7 @@ class Recorder:
         if sampled:
             self._install_step_hooks()
 
-    def _close_step(self) -> None:
+    def _close_step(self, begin_next: bool = True) -> None:
         cur = self._cur
         if cur is None:
             return
@@ -614,7 +615,10 @@ class Recorder:
                 self.obs.sampled_steps += 1
                 self._sync()
             self._step += 1
-            self._begin_step()
+            if begin_next and self._stack is not None:
+                self._begin_step()
+            else:
+                self._cur = None
 
     def _sync(self) -> None:
         try:
@@ -648,7 +652,7 @@ class Recorder:
 
     # -- per-step hooks ------------------------------------------------------------------
     def _install_step_hooks(self) -> None:
-        if self._failed:
+        if self._failed or self._stack is None:
             return
         model = self._model_ref()
         if model is None:

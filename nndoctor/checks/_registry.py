@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._base import Check
 from .activations import ActivationStd, DeadRelu, SaturatedActivation
 from .data import InputNormalization, LabelDistribution, RepeatedBatch
+from .experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
 from .loss import ChanceLevelLoss, LossInputFormat, LossNotDecreasing
 from .parameters import FrozenLayer, TrainEvalMode, UnusedParameter, UpdateRatio, WeightInit
@@ -43,6 +44,10 @@ REGISTRY: dict[str, type[Check]] = {
         LossInputFormat,
         LossNotDecreasing,
         # experiments (nndoctor/checks/experiments.py) are added below this line
+        OverfitTinyBatch,
+        RandomInputLoss,
+        LrSweep,
+        GradientCheck,
     )
 }
 

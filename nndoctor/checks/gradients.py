@@ -62,23 +62,23 @@ class NanTrace(Check):
         evidence: dict = {"events": [
             {"direction": e.direction, "step": e.step, "where": e.where, **e.detail} for e in obs.nonfinite
         ]}
-        if fwd is not None and fwd.detail.get("producer_found"):
+        first = min(e.step for e in obs.nonfinite)
+        traced = {r.step for r in obs.steps if r.sampled and r.activations}
+        if fwd is not None and fwd.step == first and fwd.detail.get("producer_found"):
             layer = fwd.detail["first_bad_layer"]
             cls = fwd.detail.get("class") or "module"
             passed = [p for p in fwd.detail.get("passed_on_by", []) if p != layer]
+            fix = None
+            origin = ""
             if fwd.detail.get("params_nonfinite"):
-                origin = (
-                    f" Its own parameters were already non-finite, so the values came from an "
-                    f"earlier update" + (f": the first non-finite gradient was `{bwd.where}` at step {bwd.step}." if bwd else ".")
-                )
+                origin = " Its own parameters were already non-finite: an earlier update blew them up."
                 fix = ("An update made the weights non-finite: lower the learning rate, clip gradients "
                        "(torch.nn.utils.clip_grad_norm_), and check the loss for log(0) or x/0.")
             elif fwd.detail.get("own_code"):
-                origin = f" The value is made by `{layer}`'s own forward code (not by a child module): look for log, sqrt, division or exp there."
-                fix = "Guard the operation in that forward: clamp before log/sqrt, add eps to denominators, use log_softmax/logsumexp instead of log(softmax)/log(sum(exp))."
-            else:
-                origin = ""
-                fix = None
+                origin = (f" The value is made by `{layer}`'s own forward code (not by a child module): "
+                          f"look for log, sqrt, division or exp there.")
+                fix = ("Guard the operation in that forward: clamp before log/sqrt, add eps to denominators, "
+                       "use log_softmax/logsumexp instead of log(softmax)/log(sum(exp)).")
             where_el = f" (output element {fwd.detail['output_index']})" if fwd.detail.get("output_index") else ""
             message = (
                 f"NaN/Inf first appears in the output of `{layer}` ({cls}){where_el} at step {fwd.step}"
@@ -88,36 +88,40 @@ class NanTrace(Check):
             yield self.finding(message, where=layer, step=fwd.step, fix=fix, direction="forward",
                                first_bad_layer=layer, **evidence)
             return
-        if loss is not None and (fwd is None or fwd.step > loss.step) and (bwd is None or bwd.step >= loss.step):
+        later = ""
+        if fwd is not None and fwd.step > first:
+            later = f" From step {fwd.step} on, the forward pass is non-finite from `{fwd.where}` on."
+        if loss is not None and loss.step == first:
+            if loss.step in traced:
+                message = (f"The loss is {loss.kind} at step {loss.step} while the model's outputs were finite: "
+                           f"the loss computation produced it (log of 0 or of a negative number, division by zero).")
+            else:
+                message = (f"The loss is {loss.kind} at step {loss.step} (that step was not traced layer by layer; "
+                           f"the next steps were).")
             yield self.finding(
-                f"The loss is {loss.kind} at step {loss.step} while the model's outputs were finite: "
-                f"the loss computation produced it (log of 0 or of a negative number, division by zero).",
-                where="loss", step=loss.step, direction="loss",
+                message + later, where="loss", step=loss.step, direction="loss",
                 fix="Compute the loss from logits with the fused losses (CrossEntropyLoss, BCEWithLogitsLoss), "
-                    "or clamp before log: torch.log(p.clamp_min(1e-8)).",
+                    "or clamp before log: torch.log(p.clamp_min(1e-8)); if it only happens after some steps, "
+                    "lower the learning rate.",
                 **evidence,
             )
             return
-        if bwd is not None:
+        if bwd is not None and bwd.step == first:
             yield self.finding(
                 f"The first non-finite gradient (in backward order) is `{bwd.where}` at step {bwd.step}"
                 + (" while the loss was finite: the backward pass itself overflowed or divided by zero"
                    " (e.g. sqrt at 0, a custom backward)." if bwd.detail.get("loss_finite") else ".")
-                + f" {bwd.detail.get('n_bad', 1)} parameter(s) had non-finite gradients.",
+                + f" {bwd.detail.get('n_bad', 1)} parameter(s) had non-finite gradients." + later,
                 where=bwd.where, step=bwd.step, direction="backward", first_bad_gradient=bwd.where,
                 **evidence,
             )
             return
-        if fwd is not None:
-            yield self.finding(
-                f"NaN/Inf reaches the output of `{fwd.where}` at step {fwd.step}, but no module "
-                f"produced it from finite inputs: it comes from the input batch or from code "
-                f"between modules.",
-                where=fwd.where, step=fwd.step, direction="forward", **evidence,
-            )
-            return
+        assert fwd is not None
         yield self.finding(
-            f"The loss is {loss.kind} at step {loss.step}.", where="loss", step=loss.step, direction="loss", **evidence
+            f"NaN/Inf reaches the output of `{fwd.where}` at step {fwd.step}, but no module "
+            f"produced it from finite inputs: it comes from the input batch or from code "
+            f"between modules.",
+            where=fwd.where, step=fwd.step, direction="forward", **evidence,
         )
 
 

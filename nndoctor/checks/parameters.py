@@ -164,18 +164,20 @@ class UnusedParameter(Check):
     def evaluate(self, obs) -> Iterable[Finding]:
         if not obs.called_modules:
             raise Skip("no sampled forward pass of the model was observed")
-        for info in obs.unregistered_modules:
-            if info.get("parameters", 0) == 0:
-                continue
-            trains = info.get("in_optimizer")
+        ghosts = [info for info in obs.unregistered_modules if info.get("parameters", 0) > 0]
+        if ghosts:
+            trains = all(info.get("in_optimizer") for info in ghosts)
             sev = Severity.WARNING if trains else Severity.ERROR
-            consequence = ("it is in the optimizer, but model.to(), state_dict() and model.parameters() miss it"
-                           if trains else "its parameters are in no optimizer and never train; "
-                                          "model.to(), state_dict() and model.parameters() miss it")
+            consequence = ("they are in the optimizer, but model.to(), state_dict() and model.parameters() miss them"
+                           if trains else "their parameters are in no optimizer and never train; "
+                                          "model.to(), state_dict() and model.parameters() miss them")
+            classes = sorted({i["class"] for i in ghosts})
+            total = sum(i["parameters"] for i in ghosts)
             yield self.finding(
-                f"A {info['class']} with {info['parameters']} parameters runs inside the model's forward "
-                f"but is not registered as a sub-module: {consequence}.",
-                severity=sev, where=None, module_class=info["class"], parameters=info["parameters"],
+                f"{len(ghosts)} module(s) ({', '.join(classes)}; {total} parameters) run inside the model's "
+                f"forward but are not registered as sub-modules: {consequence}.",
+                severity=sev, where=None, module_class=classes[0] if len(classes) == 1 else classes,
+                modules=len(ghosts), parameters=total, per_module=[i["parameters"] for i in ghosts],
             )
         # A module can be used without being called: its weights read functionally
         # (MultiheadAttention's out_proj, weight tying). Gradients prove use.

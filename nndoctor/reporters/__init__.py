@@ -1,0 +1,1 @@
+"""Reporters: turn a Report into console output, JSON, TensorBoard events and figures."""

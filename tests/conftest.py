@@ -1,0 +1,48 @@
+"""Shared fixtures. The leak guard counts live hooks in torch's primary global hook
+dicts before and after every test (written against torch 2.13; see
+shared/reference/hook-hygiene-experiments.md: compare live counts, not whole dicts,
+because torch leaves an inert id in `_global_forward_hooks_with_kwargs`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def global_hook_counts() -> dict[str, int]:
+    from torch.nn.modules import module as m
+    from torch.optim import optimizer as o
+
+    return {
+        "forward_pre": len(m._global_forward_pre_hooks),
+        "forward": len(m._global_forward_hooks),
+        "backward_pre": len(m._global_backward_pre_hooks),
+        "backward": len(m._global_backward_hooks),
+        "optimizer_pre": len(o._global_optimizer_pre_hooks),
+        "optimizer_post": len(o._global_optimizer_post_hooks),
+        "autograd_backward_patched": int(getattr(torch.autograd.backward, "__wrapped__", None) is not None),
+    }
+
+
+def live_hooks(model: torch.nn.Module) -> int:
+    n = 0
+    for mod in model.modules():
+        for d in (mod._forward_pre_hooks, mod._forward_hooks, mod._backward_pre_hooks, mod._backward_hooks):
+            n += len(d or {})
+    for p in model.parameters():
+        n += len(getattr(p, "_backward_hooks", None) or {})
+        n += len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+    return n
+
+
+@pytest.fixture(autouse=True)
+def leak_guard():
+    before = global_hook_counts()
+    yield
+    after = global_hook_counts()
+    assert after == before, f"global hooks leaked by this test: before={before} after={after}"

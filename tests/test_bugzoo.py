@@ -1,0 +1,62 @@
+"""The bug zoo matrix: every buggy setup raises exactly the ids it must (at warning or
+error), every healthy setup raises no error and no warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from bugzoo import BUGS, HEALTHY, run_case
+from nndoctor import Severity
+
+
+def test_zoo_is_big_enough():
+    assert len(BUGS) >= 20 and len(HEALTHY) >= 8
+    assert len({c.name for c in BUGS + HEALTHY}) == len(BUGS + HEALTHY)
+
+
+@pytest.mark.parametrize("case", BUGS, ids=lambda c: c.name)
+def test_bug_is_diagnosed(case):
+    report = run_case(case)
+    raised = report.ids(Severity.WARNING)
+    missing = case.expect - raised
+    assert not missing, f"{case.name}: expected {sorted(case.expect)}, got {[(f.check, f.severity.value, f.message) for f in report.findings]}"
+
+
+@pytest.mark.parametrize("case", HEALTHY, ids=lambda c: c.name)
+def test_healthy_setup_is_clean(case):
+    report = run_case(case)
+    bad = [f for f in report.findings if f.severity is not Severity.INFO and f.check not in case.allow]
+    assert not bad, f"{case.name}: false alarms {[(f.check, f.severity.value, f.message) for f in bad]}"
+    assert report.steps_observed == case.steps
+
+
+def test_intended_patterns_are_at_most_info():
+    frozen = next(c for c in HEALTHY if c.name == "deliberately-frozen-backbone")
+    report = run_case(frozen)
+    notes = report.by_check("frozen-layer")
+    assert notes and all(f.severity is Severity.INFO for f in notes)
+    assert notes[0].where == "0.0"
+
+
+def test_nan_trace_names_the_producing_layer():
+    case = next(c for c in BUGS if c.name == "nan-from-sqrt-in-layer")
+    report = run_case(case)
+    (f,) = report.by_check("nan-trace")
+    assert f.where == "norm" and f.evidence["direction"] == "forward"
+    assert "norm" in f.message and "SignedRoot" in f.message
+
+
+def test_nan_trace_blames_the_loss_when_the_model_output_is_finite():
+    case = next(c for c in BUGS if c.name == "log-of-zero-in-loss")
+    report = run_case(case)
+    (f,) = report.by_check("nan-trace")
+    assert f.evidence["direction"] == "loss"
+    assert f.step == min(s for s, v in report.observations.losses if v != v or v in (float("inf"),))
+
+
+def test_unregistered_modules_are_named_with_their_size():
+    case = next(c for c in BUGS if c.name == "unregistered-modules-in-list")
+    (f,) = [f for f in run_case(case).by_check("unused-parameter")]
+    assert f.severity is Severity.ERROR
+    assert f.evidence["module_class"] == "Linear" and f.evidence["modules"] == 2
+    assert f.evidence["parameters"] == 2 * (32 * 32 + 32)
