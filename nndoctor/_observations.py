@@ -123,6 +123,9 @@ class StepRecord:
     output_shape: tuple[int, ...] | None = None
     bn_batch_one: list[str] = field(default_factory=list)
     lr: float | None = None
+    # AMP: the GradScaler found inf/NaN gradients and skipped the optimizer step
+    skipped: bool = False
+    loss_scale: float | None = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ from ._observations import (
     StepRecord,
 )
 
-__all__ = ["Recorder", "Schedule", "categorize", "backward_interceptor"]
+__all__ = ["Recorder", "Schedule", "categorize", "backward_interceptor", "scaler_interceptor"]
 
 
 # --------------------------------------------------------------------------------------
@@ -160,6 +160,65 @@ class _BackwardInterceptor:
 
 
 backward_interceptor = _BackwardInterceptor()
+
+
+class _ScalerInterceptor:
+    """Sees GradScaler.scale (to report the loss unscaled) and GradScaler.update (the
+    end of every AMP step, including the ones whose optimizer step the scaler skipped
+    because of inf/NaN gradients). Installed while listeners exist, like the backward
+    interceptor."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []
+        self._originals: tuple[Any, Any] | None = None
+
+    @staticmethod
+    def _scaler_class() -> Any:
+        try:
+            from torch.amp.grad_scaler import GradScaler
+        except Exception:  # torch without torch.amp.GradScaler: nothing to intercept
+            return None
+        return GradScaler
+
+    def add(self, listener: Any) -> None:
+        cls = self._scaler_class()
+        if cls is None:
+            return
+        with self._lock:
+            if not self._listeners:
+                orig_scale, orig_update = cls.scale, cls.update
+                interceptor = self
+
+                def scale(scaler: Any, outputs: Any) -> Any:
+                    result = orig_scale(scaler, outputs)
+                    if isinstance(result, torch.Tensor) and result is not outputs:
+                        for lst in list(interceptor._listeners):
+                            lst.on_scaled(result, scaler)
+                    return result
+
+                def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
+                    for lst in list(interceptor._listeners):
+                        lst.on_scaler_update(scaler)
+                    return orig_update(scaler, *args, **kwargs)
+
+                scale.__wrapped__ = orig_scale  # type: ignore[attr-defined]
+                update.__wrapped__ = orig_update  # type: ignore[attr-defined]
+                cls.scale, cls.update = scale, update
+                self._originals = (orig_scale, orig_update)
+            self._listeners.append(listener)
+
+    def remove(self, listener: Any) -> None:
+        cls = self._scaler_class()
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            if not self._listeners and self._originals is not None and cls is not None:
+                cls.scale, cls.update = self._originals
+                self._originals = None
+
+
+scaler_interceptor = _ScalerInterceptor()
 
 
 # --------------------------------------------------------------------------------------
@@ -425,6 +484,8 @@ class Recorder:
         # The first training batch seen (inputs as passed to the model, and the class
         # targets when the loss graph exposes them), cloned once, for the experiments.
         self.captured: dict[str, Any] = {}
+        self._scaled: tuple[int, Any] | None = None  # (id of the scaled loss, scale tensor)
+        self._opt_stepped = False
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -450,6 +511,8 @@ class Recorder:
             self._stack.callback(h.remove)
             backward_interceptor.add(self)
             self._stack.callback(backward_interceptor.remove, self)
+            scaler_interceptor.add(self)
+            self._stack.callback(scaler_interceptor.remove, self)
             for ref in self._optimizers:
                 opt = ref()
                 if opt is None:
@@ -928,12 +991,26 @@ class Recorder:
             cur.backward_calls += 1
             if loss is not None and loss.numel() == 1 and self._backwards_in_step == 1 and cur.step not in self._explicit_losses:
                 value = loss.detach().reshape(())
+                scaled, self._scaled = self._scaled, None
+                if scaled is not None and scaled[0] == id(loss) and scaled[1] is not None:
+                    # GradScaler multiplied the loss: report it in the user's units
+                    # (a device division, no sync).
+                    scale = scaled[1].detach().reshape(()).to(value.dtype)
+                    value = torch.stack([value / scale, scale.to(value.dtype)])
+
+                    def scaled_sink(v: list[float], cur: StepRecord = cur) -> None:
+                        if cur.loss is None:
+                            cur.loss, cur.loss_scale = v[0], v[1]
+
+                    self._pending.add(value, scaled_sink)
+                    value = None
 
                 def loss_sink(v: list[float], cur: StepRecord = cur) -> None:
                     if cur.loss is None:
                         cur.loss = v[0]
 
-                self._pending.add(value, loss_sink)
+                if value is not None:
+                    self._pending.add(value, loss_sink)
             if not cur.sampled:
                 return
             if loss is not None and loss.grad_fn is not None and cur.loss_graph is None:
@@ -1078,7 +1155,25 @@ class Recorder:
         except Exception as exc:
             self._observer_failed("optimizer pre-step", exc)
 
+    # -- AMP (GradScaler) ----------------------------------------------------------------
+    def on_scaled(self, scaled_loss: torch.Tensor, scaler: Any) -> None:
+        self._scaled = (id(scaled_loss), getattr(scaler, "_scale", None))
+
+    def on_scaler_update(self, scaler: Any) -> None:
+        """End of an AMP step. If no optimizer step happened since the last update while a
+        backward did, the scaler skipped the step (inf/NaN gradients): close it as skipped."""
+        try:
+            stepped, self._opt_stepped = self._opt_stepped, False
+            cur = self._cur
+            if cur is not None and cur.backward_calls > 0 and not stepped:
+                cur.skipped = True
+                self._snapshot = None
+                self._close_step()
+        except Exception as exc:
+            self._observer_failed("GradScaler.update", exc)
+
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._opt_stepped = True
         try:
             if self._cur is not None and (self._cur.backward_calls > 0 or self._cur.sampled):
                 if self._cur.backward_calls > 0:

@@ -26,6 +26,7 @@ def global_hook_counts() -> dict[str, int]:
         "optimizer_pre": len(o._global_optimizer_pre_hooks),
         "optimizer_post": len(o._global_optimizer_post_hooks),
         "autograd_backward_patched": int(getattr(torch.autograd.backward, "__wrapped__", None) is not None),
+        "grad_scaler_patched": int(hasattr(torch.amp.GradScaler.update, "__wrapped__")),
     }
 
 

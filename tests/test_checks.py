@@ -258,7 +258,7 @@ ROWS = [
     Row("label-distribution", "fires-imbalance", lambda: labels([{0: 30, 1: 2}] * 6), True, "warning"),
     Row("label-distribution", "silent", lambda: labels([{0: 4, 1: 4, 2: 4, 3: 4}] * 4), False),
     Row("label-distribution", "at-threshold", lambda: labels([{0: 20, 1: 2, 2: 2, 3: 2}] * 4), False),
-    Row("repeated-batch", "fires", lambda: repeated(4), True, "error"),
+    Row("repeated-batch", "fires", lambda: repeated(4), True, "warning"),
     Row("repeated-batch", "fires-partly", lambda: repeated(1), True, "warning"),
     Row("repeated-batch", "silent", lambda: repeated(-1), False),
     Row("loss-input-format", "fires-softmax-to-ce", lambda: graph("cross_entropy", "softmax")(), True, "error", "loss"),

@@ -187,8 +187,9 @@ class RepeatedBatch(Check):
     - Check that the iterator is not re-created every step (`next(iter(loader))` always gives the first batch).
 
     ## Known false positives
-    - Overfitting a single batch on purpose (the checklist's own debugging step): ignore
-      the check there (`--ignore repeated-batch`).
+    - Overfitting a single batch on purpose (the checklist's own debugging step), or
+      full-batch training of a small data set: ignore the check there
+      (`--ignore repeated-batch`). Because of these, the check warns and never errors.
 
     ## Example
     `x, y = next(iter(loader))` before the loop, then `for step in range(1000): loss = crit(model(x), y)`.
@@ -200,7 +201,7 @@ class RepeatedBatch(Check):
     id = "repeated-batch"
     title = "The same batch is fed step after step"
     family = "data"
-    severity = Severity.ERROR
+    severity = Severity.WARNING
     needs = ("steps",)
     thresholds = (
         Threshold("min_pairs", 2, "pairs of consecutive observed steps needed to judge", "pairs"),
@@ -226,8 +227,8 @@ class RepeatedBatch(Check):
         if len(repeated) == len(pairs):
             yield self.finding(
                 f"All {len(pairs)} pairs of consecutive observed steps received the identical batch: "
-                f"the model trains on one batch only.",
-                severity=Severity.ERROR, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
+                f"the model trains on one batch only (fine for deliberate full-batch training).",
+                severity=Severity.WARNING, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
         else:
             yield self.finding(
                 f"{len(repeated)} of {len(pairs)} pairs of consecutive steps received the identical batch.",

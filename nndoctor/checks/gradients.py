@@ -50,11 +50,17 @@ class NanTrace(Check):
     family = "numerics"
     severity = Severity.ERROR
     needs = ("nonfinite", "steps")
-    citations = (CHECKLIST, Citation("PyTorch torch.autograd.detect_anomaly documentation"))
+    thresholds = (
+        Threshold("max_skipped_fraction", 0.5, "share of AMP steps the GradScaler may skip (inf/NaN gradients) before it is a problem (warning)", "fraction"),
+        Threshold("max_skipped_run", 8, "consecutive skipped AMP steps at which the overflow persists (error); a few skips while the scale calibrates are normal", "steps"),
+    )
+    citations = (CHECKLIST, Citation("PyTorch torch.autograd.detect_anomaly documentation"),
+                 Citation("PyTorch AMP docs, GradScaler (skipped steps)"))
 
     def evaluate(self, obs) -> Iterable[Finding]:
         if not obs.steps:
             raise Skip("no training step was observed")
+        yield from self._skipped_steps(obs)
         events = {e.direction: e for e in obs.nonfinite}
         if not events:
             return
@@ -123,6 +129,33 @@ class NanTrace(Check):
             f"between modules.",
             where=fwd.where, step=fwd.step, direction="forward", **evidence,
         )
+
+
+    def _skipped_steps(self, obs) -> Iterable[Finding]:
+        """GradScaler skips steps with inf/NaN gradients and lowers its scale: a few skips
+        are how it calibrates; skipping that persists means the overflow is real."""
+        steps = [r for r in obs.steps if r.backward_calls > 0]
+        skipped = [r.step for r in steps if r.skipped]
+        if not skipped:
+            return
+        run = best = 0
+        for r in steps:
+            run = run + 1 if r.skipped else 0
+            best = max(best, run)
+        frac = len(skipped) / len(steps)
+        evidence = {"skipped_steps": skipped[:100], "skipped_fraction": frac, "longest_run": best}
+        if best >= self.max_skipped_run:
+            yield self.finding(
+                f"The GradScaler skipped {best} consecutive steps ({len(skipped)} of {len(steps)} in all): "
+                f"the gradients overflow at every loss scale, so the model is not training.",
+                severity=Severity.ERROR, step=skipped[0], direction="amp", **evidence,
+                fix="Find the layer that overflows in fp16 (run `nndoctor check` or Doctor(sample_every=1)); "
+                    "keep the loss in fp32, lower the learning rate, or use bf16 autocast.")
+        elif frac > self.max_skipped_fraction:
+            yield self.finding(
+                f"The GradScaler skipped {len(skipped)} of {len(steps)} steps because of inf/NaN gradients.",
+                severity=Severity.WARNING, step=skipped[0], direction="amp", **evidence,
+                fix="Check for fp16 overflow (large activations, exp/pow in the model), keep losses in fp32.")
 
 
 def _total_norms(obs) -> list[tuple[int, float]]:
