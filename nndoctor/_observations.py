@@ -110,9 +110,12 @@ class StepRecord:
     loss: float | None = None
     training: bool | None = None
     backward_calls: int = 0
-    # gradient L2 norm per parameter name, for parameters that had a gradient
+    # global gradient L2 norm, and the parameters whose gradient was non-finite (every step)
+    grad_total: float | None = None
+    grad_nonfinite: list[str] = field(default_factory=list)
+    # gradient L2 norm per parameter name (sampled steps only, to keep long runs small)
     grad_norms: dict[str, float] = field(default_factory=dict)
-    grads_missing: list[str] = field(default_factory=list)  # requires_grad but grad is None
+    grads_missing: list[str] = field(default_factory=list)  # requires_grad but grad is None (sampled steps)
     stale_grad_norm: float | None = None  # grads already present at the first backward after an update
     activations: list[ActivationRecord] = field(default_factory=list)
     update_norms: dict[str, float] = field(default_factory=dict)

@@ -472,6 +472,8 @@ class Recorder:
         self._relu_active: dict[str, torch.Tensor] = {}
         self._relu_samples: dict[str, int] = {}
         self._trace_until = -1
+        self._scanned = 0  # records already scanned for non-finite values
+        self._last_armed_for = -1
         self._failed = False
         self._in_root = 0
         self._first_sampled_forward_done = False
@@ -674,6 +676,8 @@ class Recorder:
             self._remove_step_hooks()
             self.obs.steps.append(cur)
             self._finished_steps.append(cur)
+            if len(self.obs.steps) > self.max_records:
+                self._thin_records()
             if cur.sampled:
                 self.obs.sampled_steps += 1
                 self._sync()
@@ -682,6 +686,19 @@ class Recorder:
                 self._begin_step()
             else:
                 self._cur = None
+
+    # Long runs: every sampled record is kept; unsampled ones (a loss and a gradient
+    # norm each) are thinned in the older half once there are too many.
+    max_records = 20000
+
+    def _thin_records(self) -> None:
+        steps = self.obs.steps
+        half = len(steps) // 2
+        older = [r for i, r in enumerate(steps[:half]) if r.sampled or i % 2 == 0 or r.grad_nonfinite
+                 or (r.loss is not None and not math.isfinite(r.loss))]
+        self.obs.steps = older + steps[half:]
+        self._scanned = max(0, self._scanned - (half - len(older)))
+        self.obs.notes.append(f"thinned the per-step records of steps before {steps[half].step} (long run)")
 
     def _sync(self) -> None:
         try:
@@ -698,15 +715,15 @@ class Recorder:
                 self._on_sync = None
 
     def _scan_nonfinite(self) -> None:
-        """After values reached the host: a non-finite loss or gradient on a step that was
-        not traced arms tracing for the next steps."""
-        for rec in self.obs.steps[-64:]:
-            bad_loss = rec.loss is not None and not math.isfinite(rec.loss)
-            bad_grad = any(not math.isfinite(v) for v in rec.grad_norms.values())
-            if (bad_loss or bad_grad) and rec.step >= self._trace_until - self.schedule.trace_steps_after_nonfinite:
-                if not getattr(rec, "_armed", False):
-                    rec._armed = True  # type: ignore[attr-defined]
-                    self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
+        """After values reached the host: the first non-finite loss or gradient seen on a
+        step arms full tracing of the next steps (the one that went bad may not have been
+        sampled), once per new bad step."""
+        for rec in self.obs.steps[self._scanned:]:
+            bad = bool(rec.grad_nonfinite) or (rec.loss is not None and not math.isfinite(rec.loss))
+            if bad and rec.step > self._last_armed_for:
+                self._last_armed_for = rec.step
+                self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
+        self._scanned = len(self.obs.steps)
 
     def _observer_failed(self, where: str, exc: BaseException) -> None:
         self.obs.notes.append(f"observer '{where}' failed and was switched off: {exc!r}")
@@ -1074,7 +1091,8 @@ class Recorder:
                 grads.append(p.grad.detach())
             elif p.requires_grad:
                 missing.append(name)
-        cur.grads_missing = missing
+        if cur.sampled:
+            cur.grads_missing = missing
         if not grads:
             cur.grad_norms = {}
             return
@@ -1082,7 +1100,11 @@ class Recorder:
             norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
 
         def sink(v: list[float], cur: StepRecord = cur, names: list[str] = names) -> None:
-            cur.grad_norms = dict(zip(names, v))
+            bad = [n for n, x in zip(names, v) if not math.isfinite(x)]
+            cur.grad_nonfinite = bad
+            cur.grad_total = math.inf if bad else math.sqrt(sum(x * x for x in v))
+            if cur.sampled:
+                cur.grad_norms = dict(zip(names, v))
 
         self._pending.add(norms, sink)
 
@@ -1272,7 +1294,7 @@ def find_nonfinite(obs: Observations) -> list[NonFiniteEvent]:
     # Backward: the first step with a non-finite gradient, the first parameter in
     # backward order (the reverse of forward order of owning modules).
     for rec in obs.steps:
-        bad_params = [n for n, v in rec.grad_norms.items() if not math.isfinite(v)]
+        bad_params = list(rec.grad_nonfinite)
         if not bad_params:
             continue
 

@@ -47,3 +47,14 @@ def leak_guard():
     yield
     after = global_hook_counts()
     assert after == before, f"global hooks leaked by this test: before={before} after={after}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped (with the reason) on machines without it; they run
+    on a lent GPU machine with `python -m pytest -m gpu`."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

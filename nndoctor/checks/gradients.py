@@ -161,7 +161,9 @@ class NanTrace(Check):
 def _total_norms(obs) -> list[tuple[int, float]]:
     out = []
     for rec in obs.steps:
-        if rec.grad_norms:
+        if rec.grad_total is not None:
+            out.append((rec.step, rec.grad_total))
+        elif rec.grad_norms:
             total = math.sqrt(sum(v * v for v in rec.grad_norms.values())) if all(
                 math.isfinite(v) for v in rec.grad_norms.values()) else math.inf
             out.append((rec.step, total))

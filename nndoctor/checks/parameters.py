@@ -84,7 +84,7 @@ class FrozenLayer(Check):
                     fix="Build the optimizer after the whole model exists and pass model.parameters() "
                         "(or add the missing ones with optimizer.add_param_group).",
                 )
-        steps = [r for r in obs.steps if r.backward_calls > 0 and (r.grad_norms or r.grads_missing)]
+        steps = [r for r in obs.steps if r.sampled and r.backward_calls > 0 and (r.grad_norms or r.grads_missing)]
         if not steps:
             return
         called = obs.called_modules

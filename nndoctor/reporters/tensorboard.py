@@ -375,7 +375,10 @@ class TensorBoardStream:
         ratios = _fig.parameter_update_ratios(record)
         if self.per_parameter:
             self._per_parameter_scalars(record, grad_norms, ratios)
-        if grad_norms:
+        total = getattr(record, "grad_total", None)
+        if total is not None:
+            self._scalar(tag("gradient", "total_norm"), total, n)
+        elif grad_norms:
             self._scalar(tag("gradient", "total_norm"), _fig._pooled_norm(float(v) for v in grad_norms.values()), n)
         if grad_norms or getattr(record, "grads_missing", None):
             self._scalar(tag("gradient", "missing_count"), len(getattr(record, "grads_missing", None) or []), n)
