@@ -473,6 +473,7 @@ class Recorder:
         self._relu_samples: dict[str, int] = {}
         self._trace_until = -1
         self._scanned = 0  # records already scanned for non-finite values
+        self._thinned = False
         self._last_armed_for = -1
         self._failed = False
         self._in_root = 0
@@ -677,7 +678,7 @@ class Recorder:
             self.obs.steps.append(cur)
             self._finished_steps.append(cur)
             if len(self.obs.steps) > self.max_records:
-                self._thin_records()
+                self._thin_records()  # cheap no-op until unsampled records exceed the bound
             if cur.sampled:
                 self.obs.sampled_steps += 1
                 self._sync()
@@ -693,12 +694,17 @@ class Recorder:
 
     def _thin_records(self) -> None:
         steps = self.obs.steps
-        half = len(steps) // 2
-        older = [r for i, r in enumerate(steps[:half]) if r.sampled or i % 2 == 0 or r.grad_nonfinite
-                 or (r.loss is not None and not math.isfinite(r.loss))]
-        self.obs.steps = older + steps[half:]
-        self._scanned = max(0, self._scanned - (half - len(older)))
-        self.obs.notes.append(f"thinned the per-step records of steps before {steps[half].step} (long run)")
+        plain = [r for r in steps if not r.sampled]
+        if len(plain) <= self.max_records:
+            return
+        older = {id(r) for i, r in enumerate(plain[: len(plain) // 2])
+                 if i % 2 and not r.grad_nonfinite and (r.loss is None or math.isfinite(r.loss))}
+        self.obs.steps = [r for r in steps if id(r) not in older]
+        self._scanned = max(0, self._scanned - (len(steps) - len(self.obs.steps)))
+        if not self._thinned:
+            self._thinned = True
+            self.obs.notes.append("long run: the older per-step records (loss, gradient norm) were thinned; "
+                                  "every sampled step is kept")
 
     def _sync(self) -> None:
         try:

@@ -102,8 +102,8 @@ class NanTrace(Check):
                 message = (f"The loss is {loss.kind} at step {loss.step} while the model's outputs were finite: "
                            f"the loss computation produced it (log of 0 or of a negative number, division by zero).")
             else:
-                message = (f"The loss is {loss.kind} at step {loss.step} (that step was not traced layer by layer; "
-                           f"the next steps were).")
+                message = (f"The loss is {loss.kind} at step {loss.step}; that step was not traced layer by layer "
+                           f"(watch with Doctor(sample_every=1), as `nndoctor check` does, to trace every step).")
             yield self.finding(
                 message + later, where="loss", step=loss.step, direction="loss",
                 fix="Compute the loss from logits with the fused losses (CrossEntropyLoss, BCEWithLogitsLoss), "
