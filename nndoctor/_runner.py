@@ -1,0 +1,777 @@
+"""The script runner behind ``nndoctor check``: run an unmodified training script
+in-process, find its model and optimizer, watch its first training steps, stop it, run
+the experiments on what it fed the model, and return one ``Report``.
+
+How the script is run (as ``python train.py ARGS`` would, with these differences):
+
+* in this process, by :func:`runpy.run_path` with ``run_name="__main__"``, so
+  ``if __name__ == "__main__":`` blocks run and classes defined in the script pickle as
+  ``__main__.X`` (what DataLoader workers started with "spawn" need);
+* ``sys.argv = [script, *args]``; the script's folder first on ``sys.path``; the current
+  working directory is *not* changed (run nndoctor from where you would run the
+  script: relative data paths resolve against it);
+* ``sys.stdin`` is an empty stream: a script that asks for input reads end-of-file
+  instead of waiting forever;
+* all of these, torch's grad mode and default dtype, and modules the script imported
+  from its own folder are put back afterwards.
+
+Discovery uses torch's *global* module and optimizer hooks, which their docstrings
+reserve for debugging and profiling: exactly this use, and only here. The model is the
+first module called at depth 0 (not from inside another module's forward) with
+gradients enabled and parameters that require grad. A ``Doctor`` is built and starts
+watching at that moment, inside the model's first forward call.
+
+Stopping: after ``steps`` completed steps a hook raises :class:`_StopScript`, a
+``BaseException``, so ``except Exception`` in the user's code cannot swallow it. A
+wall-clock budget (``timeout``) is enforced the same way from the hooks, and, for code
+that never reaches torch (a blocking read, a long data preparation), by ``SIGALRM`` a
+little later (main thread, POSIX only).
+
+The library never prints: progress goes to the ``on_event`` callback, the outcome is a
+:class:`ScriptRun`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import enum
+import gc
+import io
+import math
+import os
+import runpy
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ._doctor import Doctor, NNDoctorUsageError, build_checks
+from ._report import Report
+from .checks._registry import experiment_ids
+
+__all__ = [
+    "Outcome",
+    "ScriptRun",
+    "ScriptError",
+    "ScriptNotFound",
+    "ScriptSyntaxError",
+    "run_script",
+    "loss_from_graph",
+]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# After the cooperative deadline (checked in the hooks) the alarm gives the script this
+# long to reach a hook before it interrupts whatever Python code is running.
+_ALARM_GRACE_S = 2.0
+# The step-0 loss rebuilt from the loss graph must match the script's own within this.
+_LOSS_MATCH_RTOL = 1e-3
+
+
+class ScriptNotFound(NNDoctorUsageError):
+    """The script path does not name a readable Python file."""
+
+
+class ScriptSyntaxError(NNDoctorUsageError):
+    """The script does not compile; ``lineno``/``text`` say where."""
+
+    def __init__(self, message: str, *, filename: str, lineno: int | None, offset: int | None,
+                 text: str | None) -> None:
+        super().__init__(message)
+        self.filename, self.lineno, self.offset, self.text = filename, lineno, offset, text
+
+
+class Outcome(str, enum.Enum):
+    """How the script's run ended."""
+
+    STEPS_REACHED = "steps-reached"  # we stopped it after the requested steps
+    FINISHED = "finished"            # it ran to its end by itself
+    EXITED = "exited"                # it called sys.exit()
+    TIMEOUT = "timeout"              # the wall-clock budget ran out
+    RAISED = "raised"                # it raised an exception
+    INTERRUPTED = "interrupted"      # KeyboardInterrupt
+
+
+class _StopScript(BaseException):
+    """Raised from our hooks to end the script; a BaseException so that the user's
+    ``except Exception`` blocks let it through."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+@dataclasses.dataclass
+class ScriptError:
+    """An exception the script raised, located in the user's code."""
+
+    type: str
+    message: str
+    file: str | None
+    line: int | None
+    function: str | None
+    source_line: str | None
+    traceback: str  # the user's part of the traceback (nndoctor and runpy frames hidden)
+
+    @property
+    def location(self) -> str:
+        if self.file is None:
+            return "an unknown place"
+        return f"{_display_path(self.file)}:{self.line}"
+
+
+@dataclasses.dataclass
+class Seen:
+    """What the script did, for the message when no training was found."""
+
+    root_calls: int = 0               # module calls at depth 0
+    root_classes: list[str] = dataclasses.field(default_factory=list)
+    calls_without_grad: int = 0       # depth-0 calls with grad disabled
+    calls_frozen: int = 0             # depth-0 calls of modules with no trainable parameter
+    optimizer_steps: int = 0
+    optimizer_classes: list[str] = dataclasses.field(default_factory=list)
+    model_calls: int = 0
+
+    def describe(self) -> str:
+        if self.root_calls == 0:
+            return "no torch.nn.Module was ever called"
+        names = ", ".join(self.root_classes[:4]) + (", ..." if len(self.root_classes) > 4 else "")
+        parts = [f"{self.root_calls} module call(s) at top level ({names})"]
+        if self.calls_without_grad:
+            parts.append(f"{self.calls_without_grad} with gradients disabled (torch.no_grad / inference_mode)")
+        if self.calls_frozen:
+            parts.append(f"{self.calls_frozen} of modules with no parameter that requires grad")
+        return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class ScriptRun:
+    """The outcome of :func:`run_script`."""
+
+    script: str
+    outcome: Outcome
+    report: Report | None              # None when no model was found
+    steps: int                         # training steps watched
+    steps_requested: int
+    seconds: float                     # the script's wall time under watch
+    seen: Seen
+    error: ScriptError | None = None
+    exit_code: Any = None              # the script's sys.exit() argument
+    model: str | None = None
+    optimizer: str | None = None
+    experiments: str = "not run"       # "ran", "skipped: <why>", "not run"
+    experiment_seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def trained(self) -> bool:
+        return self.report is not None and self.steps > 0
+
+
+def _display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+# --------------------------------------------------------------------------------------
+# Loss functions rebuilt from the loss graph
+# --------------------------------------------------------------------------------------
+def loss_from_graph(kind: str | None) -> Callable[..., torch.Tensor] | None:
+    """The torch function for a loss kind recognised in the loss's autograd graph."""
+    import torch.nn.functional as F
+
+    return {
+        "cross_entropy": F.cross_entropy,
+        "nll": F.nll_loss,
+        "bce_logits": F.binary_cross_entropy_with_logits,
+        "bce": F.binary_cross_entropy,
+        "mse": F.mse_loss,
+    }.get(kind or "")
+
+
+# --------------------------------------------------------------------------------------
+# The session: owns every hook and every piece of process state it changes
+# --------------------------------------------------------------------------------------
+class _Session:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        *,
+        steps: int,
+        timeout: float,
+        doctor_kwargs: dict[str, Any],
+        on_event: Callable[..., None] | None,
+    ) -> None:
+        self.path = path
+        self.display = display
+        self.steps = steps
+        self.timeout = timeout
+        self.doctor_kwargs = doctor_kwargs
+        self.on_event = on_event
+        self.stack = contextlib.ExitStack()
+        self.seen = Seen()
+        self.depth = 0
+        self.doctor: Doctor | None = None
+        self.model: nn.Module | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.start = 0.0
+        self.deadline = math.inf
+        self.last_reported_step = -1
+        self.stopping = False
+        # For checking the rebuilt loss: the model's state and RNG at its first forward.
+        self.initial_state: dict[str, torch.Tensor] | None = None
+        self.initial_rng: torch.Tensor | None = None
+        self.initial_modes: list[bool] | None = None
+        self.notes: list[str] = []
+
+    # -- events ------------------------------------------------------------------------
+    def emit(self, kind: str, **info: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, **info)
+        except Exception:  # a progress display must never break the user's run
+            self.on_event = None
+
+    # -- install -------------------------------------------------------------------------
+    def install(self) -> None:
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        stack = self.stack
+        # Process state, restored in reverse order.
+        saved_argv, saved_path, saved_stdin = sys.argv, list(sys.path), sys.stdin
+        saved_grad, saved_dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+        saved_modules = set(sys.modules)
+
+        def restore() -> None:
+            sys.argv = saved_argv
+            sys.path[:] = saved_path
+            sys.stdin = saved_stdin
+            torch.set_grad_enabled(saved_grad)
+            torch.set_default_dtype(saved_dtype)
+            self._forget_script_modules(saved_modules)
+
+        stack.callback(restore)
+        sys.argv = [str(self.path), *self._args]
+        sys.path.insert(0, str(self.path.parent))
+        sys.stdin = io.StringIO("")
+
+        h = register_module_forward_pre_hook(self._forward_pre)
+        stack.callback(h.remove)
+        h = register_module_forward_hook(self._forward_post, always_call=True)
+        stack.callback(h.remove)
+        h = register_optimizer_step_pre_hook(self._optimizer_pre)
+        stack.callback(h.remove)
+        self.start = time.monotonic()
+        self.deadline = self.start + self.timeout if self.timeout > 0 else math.inf
+
+    _args: Sequence[str] = ()
+
+    def _forget_script_modules(self, before: set[str]) -> None:
+        """Modules the script imported from its own folder are dropped, so a second run
+        in this process imports them afresh (as a new interpreter would)."""
+        folder = str(self.path.parent.resolve())
+        for name in list(sys.modules):
+            if name in before or name.startswith("nndoctor"):
+                continue
+            mod = sys.modules.get(name)
+            file = getattr(mod, "__file__", None)
+            if file and "site-packages" not in file and str(Path(file).resolve()).startswith(folder + os.sep):
+                sys.modules.pop(name, None)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _check_deadline(self) -> None:
+        if not self.stopping and time.monotonic() > self.deadline:
+            self.stopping = True
+            raise _StopScript(Outcome.TIMEOUT)
+
+    def _maybe_stop(self) -> None:
+        doctor = self.doctor
+        if doctor is None or self.stopping:
+            return
+        done = doctor.steps_completed
+        if done != self.last_reported_step:
+            self.last_reported_step = done
+            self.emit("step", step=done, total=self.steps)
+        if done >= self.steps:
+            self.stopping = True
+            raise _StopScript(Outcome.STEPS_REACHED)
+        self._check_deadline()
+
+    def _forward_pre(self, module: nn.Module, args: Any) -> None:
+        self.depth += 1
+        if self.depth != 1 or self.stopping:
+            return
+        seen = self.seen
+        seen.root_calls += 1
+        name = type(module).__name__
+        if name not in seen.root_classes:
+            seen.root_classes.append(name)
+        if self.doctor is not None:
+            if module is self.model:
+                seen.model_calls += 1
+                self._maybe_stop()
+            else:
+                self._check_deadline()
+            return
+        self._check_deadline()
+        if not torch.is_grad_enabled():
+            seen.calls_without_grad += 1
+            return
+        if not any(p.requires_grad for p in module.parameters()):
+            seen.calls_frozen += 1
+            return
+        seen.model_calls += 1
+        self._start_watching(module, args)
+
+    def _forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.depth = max(0, self.depth - 1)
+        if self.depth == 0 and module is self.model:
+            # Steps closed lazily (weights updated by hand) close in the model's forward
+            # pre-hook, which runs after ours: look again once the call is over.
+            self._maybe_stop()
+
+    def _optimizer_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.seen.optimizer_steps += 1
+        if not any(o is optimizer for o in self.optimizers):
+            self.optimizers.append(optimizer)
+            name = type(optimizer).__name__
+            if name not in self.seen.optimizer_classes:
+                self.seen.optimizer_classes.append(name)
+            if self._owns(optimizer):
+                self.emit("optimizer", name=name)
+        self._check_deadline()
+
+    def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # Registered after the Doctor's own post-step hook, so the step is closed here.
+        if self._owns(optimizer):
+            self._maybe_stop()
+
+    def _owns(self, optimizer: torch.optim.Optimizer) -> bool:
+        model = self.model
+        if model is None:
+            return False
+        ids = {id(p) for p in model.parameters()}
+        return any(id(p) in ids for g in optimizer.param_groups for p in g["params"])
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return next((o for o in self.optimizers if self._owns(o)), None)
+
+    def _start_watching(self, model: nn.Module, args: Any) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.model = model
+        try:
+            self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.initial_rng = torch.get_rng_state()
+            self.initial_modes = [m.training for m in model.modules()]
+        except Exception:  # the loss check is optional; watching is not
+            self.initial_state = None
+        doctor = Doctor(model, **self.doctor_kwargs)
+        doctor.script = self.display
+        self.doctor = doctor
+        hooks_before = set(model._forward_pre_hooks)
+        self.stack.enter_context(doctor.watch())
+        # torch iterates over a snapshot of the hook dicts taken before this global
+        # pre-hook ran, so the pre-hook the Doctor just registered on the model would miss
+        # this very call (step 0's inputs). Replay the new hooks once, as torch would.
+        # Keyword arguments are not passed to global hooks: the replay sees none.
+        for hook_id, hook in list(model._forward_pre_hooks.items()):
+            if hook_id in hooks_before:
+                continue
+            if hook_id in model._forward_pre_hooks_with_kwargs:
+                hook(model, args, {})
+            else:
+                hook(model, args)
+        h = register_optimizer_step_post_hook(self._optimizer_post)
+        self.stack.callback(h.remove)
+        n_params = sum(p.numel() for p in model.parameters())
+        self.emit("model", name=type(model).__name__, parameters=n_params)
+
+    # -- the hard deadline ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def alarm(self) -> Any:
+        """SIGALRM shortly after the deadline, for scripts stuck outside torch. Only in
+        the main thread of a POSIX process; elsewhere the hooks' checks are all we have."""
+        if (
+            not math.isfinite(self.deadline)
+            or threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "setitimer")
+        ):
+            yield
+            return
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if not self.stopping:
+                self.stopping = True
+                raise _StopScript(Outcome.TIMEOUT)
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, self.deadline - time.monotonic() + _ALARM_GRACE_S))
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+# --------------------------------------------------------------------------------------
+# Locating the user's frame in a traceback
+# --------------------------------------------------------------------------------------
+def _is_internal(filename: str) -> bool:
+    try:
+        p = Path(filename).resolve()
+    except (OSError, ValueError):
+        return False
+    if p.parent == _PACKAGE_DIR or _PACKAGE_DIR in p.parents:
+        return True
+    return p.name in ("runpy.py",) and "python" in str(p.parent).lower()
+
+
+def _describe_error(exc: BaseException, script: Path) -> ScriptError:
+    frames = traceback.extract_tb(exc.__traceback__)
+    script_resolved = script.resolve()
+    start = next((i for i, f in enumerate(frames) if Path(f.filename).resolve() == script_resolved), 0)
+    shown = [f for f in frames[start:] if not _is_internal(f.filename)]
+    folder = script_resolved.parent
+
+    def is_user(f: traceback.FrameSummary) -> bool:
+        p = Path(f.filename).resolve()
+        return (p == script_resolved or folder in p.parents) and "site-packages" not in str(p)
+
+    user = [f for f in shown if is_user(f)]
+    frame = user[-1] if user else (shown[-1] if shown else None)
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(shown),
+             *traceback.format_exception_only(type(exc), exc)]
+    return ScriptError(
+        type=type(exc).__name__,
+        message=str(exc),
+        file=frame.filename if frame else None,
+        line=frame.lineno if frame else None,
+        function=frame.name if frame else None,
+        source_line=(frame.line or None) if frame else None,
+        traceback="".join(lines),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+def prepare_script(script: "str | os.PathLike[str]") -> Path:
+    """Check that ``script`` is a readable Python file that compiles; raise
+    :class:`ScriptNotFound` / :class:`ScriptSyntaxError` otherwise (nothing is run)."""
+    path = Path(script)
+    if not path.exists():
+        raise ScriptNotFound(
+            f"no such file: {script} (looked from {os.getcwd()}). Pass the path of the "
+            f"training script, e.g. `nndoctor check path/to/train.py`."
+        )
+    if path.is_dir():
+        raise ScriptNotFound(
+            f"{script} is a folder; pass the training script itself, e.g. "
+            f"`nndoctor check {Path(script) / 'train.py'}`."
+        )
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise ScriptNotFound(f"cannot read {script}: {exc.strerror or exc}.") from None
+    try:
+        compile(source, str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f"{script}:{exc.lineno}" + (f":{exc.offset}" if exc.offset else "")
+        text = (exc.text or "").rstrip("\n")
+        detail = f"\n    {text.strip()}" if text.strip() else ""
+        raise ScriptSyntaxError(
+            f"{where}: syntax error: {exc.msg}{detail}\nnndoctor did not run the script: "
+            f"fix that line (`python {script}` shows the same error) and try again.",
+            filename=str(script), lineno=exc.lineno, offset=exc.offset, text=exc.text,
+        ) from None
+    except ValueError as exc:  # e.g. null bytes
+        raise ScriptSyntaxError(
+            f"{script} is not Python source: {exc}.", filename=str(script), lineno=None,
+            offset=None, text=None,
+        ) from None
+    return path
+
+
+def run_script(
+    script: "str | os.PathLike[str]",
+    args: Sequence[str] = (),
+    *,
+    steps: int = 30,
+    timeout: float = 120.0,
+    select: "str | Sequence[str] | None" = None,
+    ignore: "str | Sequence[str] | None" = None,
+    thresholds: dict[str, dict[str, float]] | None = None,
+    experiments: bool = True,
+    on_event: Callable[..., None] | None = None,
+) -> ScriptRun:
+    """Run ``script`` with ``args`` as ``__main__``, watch ``steps`` training steps, stop
+    it, run the experiments on its first batch (unless ``experiments=False``) and
+    return a :class:`ScriptRun` (its ``report`` is None when no model was found).
+
+    Raises :class:`NNDoctorUsageError` (before running anything) for a missing file, a
+    syntax error, unknown check ids or bad options. ``on_event(kind, **info)`` is
+    called with ``"model"``, ``"optimizer"``, ``"step"``, ``"stopped"``,
+    ``"experiments"`` and ``"experiments-done"`` as things happen."""
+    if steps < 1:
+        raise NNDoctorUsageError(f"--steps must be at least 1 (got {steps}).")
+    if timeout < 0:
+        raise NNDoctorUsageError(f"--timeout must be positive (got {timeout}).")
+    build_checks(None, select=select, ignore=ignore, thresholds=thresholds)  # unknown ids: fail now
+    path = prepare_script(script)
+    display = str(script)
+    session = _Session(
+        path, display, steps=steps, timeout=timeout,
+        doctor_kwargs={"select": select, "ignore": ignore, "thresholds": thresholds,
+                       "sample_every": 1, "dense_steps": steps + 1},
+        on_event=on_event,
+    )
+    session._args = [str(a) for a in args]
+
+    outcome = Outcome.FINISHED
+    error: ScriptError | None = None
+    exit_code: Any = None
+    try:
+        try:
+            session.install()
+            with session.alarm():
+                runpy.run_path(str(path), run_name="__main__")
+        finally:
+            # Hooks off, Doctor's watch closed, process state back (reverse order).
+            session.stopping = True
+            session.stack.close()
+    except _StopScript as stop:
+        outcome = stop.outcome
+        stop.__traceback__ = None
+    except SystemExit as exc:
+        outcome, exit_code = Outcome.EXITED, exc.code
+        exc.__traceback__ = None
+    except KeyboardInterrupt as exc:
+        outcome = Outcome.INTERRUPTED
+        exc.__traceback__ = None
+    except BaseException as exc:  # noqa: BLE001 - the script's own error, reported
+        outcome = Outcome.RAISED
+        error = _describe_error(exc, path)
+        exc.__traceback__ = None
+    # The frames of the stopped script (and the DataLoader iterators they hold, with
+    # their worker processes) go now, not at some later collection.
+    gc.collect()
+    seconds = time.monotonic() - session.start if session.start else 0.0
+    session.emit("stopped", outcome=outcome.value, seconds=seconds)
+
+    doctor = session.doctor
+    optimizer = session.optimizer
+    run = ScriptRun(
+        script=display, outcome=outcome, report=None, steps=0, steps_requested=steps,
+        seconds=seconds, seen=session.seen, error=error, exit_code=exit_code,
+        model=type(session.model).__name__ if session.model is not None else None,
+        optimizer=type(optimizer).__name__ if optimizer is not None else None,
+        notes=session.notes,
+    )
+    if doctor is None:
+        return run
+    report = doctor.report()
+    run.steps = doctor.steps_completed
+    report.script = display
+    wanted_experiments = _wanted_experiments(select, ignore)
+    if not wanted_experiments:
+        run.experiments = "not selected"
+    elif not experiments:
+        run.experiments = "skipped: --no-experiments"
+        report = _skip(report, wanted_experiments, "experiments switched off (--no-experiments)")
+    elif run.steps == 0:
+        run.experiments = "skipped: no training step was watched"
+        report = _skip(report, wanted_experiments, "no training step was watched")
+    else:
+        t0 = time.monotonic()
+        session.emit("experiments", checks=wanted_experiments)
+        report, run.experiments = _run_experiments(
+            session, report, wanted_experiments, select=select, ignore=ignore, thresholds=thresholds,
+        )
+        run.experiment_seconds = time.monotonic() - t0
+        session.emit("experiments-done", seconds=run.experiment_seconds)
+    report.script = display
+    run.report = report
+    return run
+
+
+def _wanted_experiments(select: Any, ignore: Any) -> list[str]:
+    from ._doctor import _split_ids
+
+    chosen = _split_ids(select)
+    dropped = set(_split_ids(ignore) or [])
+    # chance-level-loss is judged in watch mode from the script's real first loss; the
+    # checkup's "loss at init" would measure the model after the watched steps.
+    return [c for c in experiment_ids() if (chosen is None or c in chosen) and c not in dropped]
+
+
+def _skip(report: Report, ids: Sequence[str], reason: str) -> Report:
+    extra = Report(checks_skipped=[{"check": c, "reason": reason} for c in ids])
+    return report.merge(extra)
+
+
+def _run_experiments(
+    session: _Session,
+    report: Report,
+    wanted: list[str],
+    *,
+    select: Any,
+    ignore: Any,
+    thresholds: dict[str, dict[str, float]] | None,
+) -> tuple[Report, str]:
+    doctor = session.doctor
+    assert doctor is not None
+    captured = doctor.captured_batch
+    args, kwargs = captured.get("args"), captured.get("kwargs") or {}
+    graph = captured.get("loss_graph")
+    target = captured.get("target")
+    first_loss = next((s.loss for s in (doctor.observations.steps if doctor.observations else [])
+                       if s.loss is not None), None)
+
+    def skipped(reason: str) -> tuple[Report, str]:
+        return _skip(report, wanted, reason), f"skipped: {reason}"
+
+    if not args and not kwargs:
+        return skipped("the model's inputs could not be captured (the model was called with keyword "
+                       "arguments only?); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if kwargs:
+        return skipped("the model takes keyword arguments, which the runner cannot replay; use "
+                       "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    kind = getattr(graph, "kind", None)
+    nodes = ", ".join(getattr(graph, "nodes", None) or []) if graph is not None else ""
+    if graph is None or kind is None:
+        fallback = _graph_of_first_step(doctor)
+        names = list(getattr(fallback, "nodes", None) or [])
+        nodes = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return skipped(
+            "the loss is custom code that nndoctor cannot rebuild"
+            + (f" (autograd nodes {nodes})" if nodes else "")
+            + "; run the experiments from Python with doctor.checkup((inputs, targets), loss_fn=...)"
+        )
+    loss_fn = loss_from_graph(kind)
+    if loss_fn is None:
+        return skipped(f"the loss ({kind}) is not one the runner rebuilds (cross-entropy, NLL, BCE, MSE); "
+                       f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if getattr(graph, "multi_term", False):
+        return skipped(
+            f"the loss combines several terms (autograd nodes {nodes}), which the runner cannot "
+            f"rebuild; use doctor.checkup((inputs, targets), loss_fn=...) in Python"
+        )
+    if target is None:
+        return skipped("the loss target could not be captured from the loss graph")
+    inputs = args[0] if len(args) == 1 else tuple(args)
+    # The rebuilt loss must give the script's own step-0 loss on the step-0 weights and
+    # inputs; anything between the model's output and the loss (a log, a scale, a mask)
+    # would make the experiments judge a different objective.
+    check = _verify_loss(session, inputs, target, loss_fn, first_loss)
+    if check is not None:
+        return skipped(check)
+    from . import _experiments
+
+    if not hasattr(_experiments, "run_checkup"):  # pragma: no cover - partial installs
+        return skipped("the experiments module is not available in this install")
+    ignore_ids = [*(_split(ignore)), "chance-level-loss"]
+    optimizer = session.optimizer
+    if optimizer is None and doctor.model is not None:
+        optimizer = _stand_in_sgd(doctor, session)
+    with torch.enable_grad():
+        checkup = _experiments.run_checkup(
+            doctor.model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
+            select=select, ignore=ignore_ids, thresholds=thresholds,
+        )
+    merged = report.merge(checkup)
+    merged.experiments = {**report.experiments, **checkup.experiments}
+    return merged, "ran"
+
+
+def infer_sgd_lr(obs: Any) -> float | None:
+    """The learning rate of hand-written plain SGD (``p -= lr * p.grad``), read off the
+    watched steps as |update| / |gradient|, when that ratio is the same (within 5%) for
+    every parameter and step; None otherwise (momentum, Adam-like or mixed rules)."""
+    ratios = []
+    for rec in getattr(obs, "steps", []):
+        for name, upd in rec.update_norms.items():
+            g = rec.grad_norms.get(name)
+            if g and upd and math.isfinite(g) and math.isfinite(upd) and g > 0 and upd > 0:
+                ratios.append(upd / g)
+    if len(ratios) < 2:
+        return None
+    lo, hi = min(ratios), max(ratios)
+    return float(sorted(ratios)[len(ratios) // 2]) if hi <= lo * 1.05 else None
+
+
+def _stand_in_sgd(doctor: Doctor, session: _Session) -> torch.optim.Optimizer | None:
+    """No torch.optim optimizer: an SGD with the learning rate the hand-written updates
+    used, so the experiments train the copies the way the script does."""
+    lr = infer_sgd_lr(doctor.observations)
+    model = doctor.model
+    if lr is None:
+        session.notes.append("no torch.optim optimizer was seen and the hand-written update is not "
+                             "plain SGD: the experiments train the copies with Adam(lr=1e-3)")
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return None
+    session.notes.append(f"no torch.optim optimizer was seen: the hand-written updates are plain SGD "
+                         f"with lr={lr:.3g}, which the experiments use")
+    return torch.optim.SGD(params, lr=lr)
+
+
+def _split(value: Any) -> list[str]:
+    from ._doctor import _split_ids
+
+    return _split_ids(value) or []
+
+
+def _graph_of_first_step(doctor: Doctor) -> Any:
+    obs = doctor.observations
+    if obs is None:
+        return None
+    return next((s.loss_graph for s in obs.steps if s.loss_graph is not None), None)
+
+
+def _verify_loss(session: _Session, inputs: Any, target: Any, loss_fn: Callable[..., Any],
+                 first_loss: float | None) -> str | None:
+    """None when ``loss_fn(model0(inputs), target)`` reproduces the script's first loss
+    (on a copy of the model with its step-0 weights, RNG and modes), else why not."""
+    model = session.model
+    if model is None or session.initial_state is None or first_loss is None:
+        return None  # nothing to compare with: trust the loss graph
+    if not math.isfinite(first_loss):
+        return None
+    try:
+        clone = copy.deepcopy(model)
+        clone.load_state_dict(session.initial_state)
+        for m, flag in zip(clone.modules(), session.initial_modes or []):
+            m.training = flag
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            if session.initial_rng is not None:
+                torch.set_rng_state(session.initial_rng)
+            out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+            value = float(loss_fn(out, target).detach())
+        del clone
+    except Exception as exc:
+        return (f"the loss rebuilt from its graph could not be evaluated ({type(exc).__name__}: {exc}); "
+                f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if not math.isclose(value, first_loss, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
+        return (f"the script's loss is not the plain rebuilt loss (step 0: the script's loss was "
+                f"{first_loss:.6g}, the rebuilt one {value:.6g}: the loss code transforms the model's "
+                f"output or scales the loss); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    return None

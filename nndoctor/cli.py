@@ -1,0 +1,392 @@
+"""The ``nndoctor`` command line (CONTRACT §2).
+
+    nndoctor check train.py [OPTIONS] [-- SCRIPT_ARGS...]
+    nndoctor checks
+    nndoctor explain ID
+
+Only this module prints: the library returns data, the CLI shows it. The report goes to
+stdout (``--format json``: the JSON report and nothing else; the script's own output is
+sent to stderr then); progress, notes and error messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["app", "main", "ExitCode"]
+
+
+class ExitCode(enum.IntEnum):
+    """``nndoctor`` exit statuses (CONTRACT §2)."""
+
+    #: No finding at or above ``--fail-on`` (healthy, or only milder findings).
+    OK = 0
+    #: At least one finding at or above ``--fail-on`` (``error`` by default).
+    FINDINGS = 1
+    #: nndoctor could not do its job: bad usage (unknown option or check id, missing
+    #: file, syntax error in the script), no training found to watch, or an internal
+    #: failure. Nothing (or too little) was watched to judge.
+    USAGE_OR_INTERNAL = 2
+    #: The target script raised an exception; the findings gathered up to then are
+    #: still reported.
+    SCRIPT_RAISED = 3
+
+
+class FailOn(str, enum.Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+class OutputFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+class ExplainFormat(str, enum.Enum):
+    text = "text"
+    markdown = "markdown"
+
+
+class ListFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+app = typer.Typer(
+    name="nndoctor",
+    help="Diagnoses why a PyTorch network is not training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _out() -> Console:
+    return Console(soft_wrap=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: ExitCode = ExitCode.USAGE_OR_INTERNAL) -> "typer.Exit":
+    _err().print(f"[bold red]nndoctor:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+# ======================================================================================
+# check
+# ======================================================================================
+class _Progress:
+    """Progress on stderr while the script runs and while the experiments run (only on
+    a terminal: logs and pipes get the final messages, not a redrawn bar)."""
+
+    def __init__(self, console: Console, script: str, steps: int, verbose: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.verbose = verbose
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task(f"running {escape(script)}: looking for the model", total=steps)
+        self.steps = steps
+        self.model = ""
+
+    def __enter__(self) -> "_Progress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            self.console.print(f"[dim]nndoctor: {escape(text)}[/]", soft_wrap=True)
+
+    def __call__(self, kind: str, **info: Any) -> None:
+        if kind == "model":
+            self.model = f"{info['name']} ({info['parameters']:,} parameters)"
+            self.progress.update(self.task, description=f"watching {escape(self.model)}")
+            self.log(f"model found: {self.model}; watching its training steps")
+        elif kind == "optimizer":
+            self.log(f"optimizer found: {info['name']}")
+        elif kind == "step":
+            self.progress.update(self.task, completed=min(info["step"], self.steps))
+        elif kind == "stopped":
+            self.progress.update(self.task, visible=False)
+            self.log(f"script stopped ({info['outcome']}) after {info['seconds']:.1f} s")
+        elif kind == "experiments":
+            self.exp_task = self.progress.add_task(
+                "experiments: " + ", ".join(info["checks"]), total=None)
+            self.log("running the experiments: " + ", ".join(info["checks"]))
+        elif kind == "experiments-done":
+            if hasattr(self, "exp_task"):
+                self.progress.update(self.exp_task, visible=False)
+            self.log(f"experiments done in {info['seconds']:.1f} s")
+
+
+def _steps_text(run: Any) -> str:
+    if run.model is None:
+        return "before any model was found"
+    if run.steps == 0:
+        return "before the first training step"
+    return f"at step {run.steps} (of {run.steps_requested} to watch)"
+
+
+def _no_training_message(run: Any, timeout: float) -> str:
+    from ._runner import Outcome
+
+    seen = run.seen
+    script = run.script
+    if run.outcome is Outcome.TIMEOUT:
+        head = f"no training step within --timeout {timeout:g} s in {script}"
+    elif run.outcome is Outcome.EXITED:
+        head = f"{script} exited (sys.exit({run.exit_code!r})) before any training step"
+    elif run.outcome is Outcome.INTERRUPTED:
+        head = f"interrupted before any training step of {script}"
+    else:
+        head = f"no training found to watch: {script} ran to its end in {run.seconds:.1f} s"
+    if run.model is not None:
+        what = (f"the model {run.model} was called {seen.model_calls} time(s) with gradients enabled, "
+                f"but backward() was never called on a loss (forward seen but no backward)")
+    elif seen.root_calls:
+        what = f"no module forward with gradients: {seen.describe()}"
+    else:
+        what = "no torch.nn.Module was ever called"
+    if seen.optimizer_steps:
+        what += f"; {seen.optimizer_steps} optimizer step(s) ({', '.join(seen.optimizer_classes)})"
+    advice = ("nndoctor watches a training loop: a model forward with gradients, loss.backward() and "
+              "an update. If training sits behind a command-line flag or a sub-command, pass the "
+              "script's arguments after `--`: nndoctor check train.py -- --train.")
+    if run.outcome is Outcome.TIMEOUT:
+        advice = ("If the script takes long to start (loading or preparing data), raise --timeout; "
+                  + advice)
+    if run.outcome is Outcome.EXITED and run.exit_code not in (0, None):
+        advice = ("If argparse rejected the arguments (its message is above), pass the script's "
+                  "arguments after `--`. " + advice)
+    return f"{head}; {what}.\n{advice}"
+
+
+@app.command(no_args_is_help=True)
+def check(
+    script: str = typer.Argument(..., help="The training script to run (unmodified).", metavar="SCRIPT"),
+    script_args: Optional[List[str]] = typer.Argument(
+        None, help="Arguments for the script, after `--`.", metavar="[-- SCRIPT_ARGS...]", show_default=False),
+    steps: int = typer.Option(30, "--steps", min=1, help="Training steps to watch (an optimizer step, "
+                              "or a backward where weights are updated by hand)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (schema 1) here.",
+                                             dir_okay=False),
+    logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures here.",
+                                          file_okay=False),
+    select: Optional[str] = typer.Option(None, "--select", help="Run only these checks: ID,ID,..."),
+    ignore: Optional[str] = typer.Option(None, "--ignore", help="Skip these checks: ID,ID,..."),
+    no_experiments: bool = typer.Option(False, "--no-experiments", help="Passive watching only: no experiments."),
+    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", case_sensitive=False,
+                                   help="Exit 1 when a finding is at least this severe."),
+    output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", case_sensitive=False,
+                                               help="text: the console report; json: the JSON report on "
+                                                    "stdout and nothing else."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.0,
+                                  help="Wall-clock budget in seconds for the script to produce the steps "
+                                       "(0: none)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show what happens, skipped checks' "
+                                 "reasons and full tracebacks."),
+) -> None:
+    """Run a training script, watch its first steps, run the experiments and report.
+
+    \b
+    Example:  nndoctor check train.py --steps 20 -- --lr 0.1 --epochs 1
+    Exit status: 0 ok, 1 findings at or above --fail-on, 2 nndoctor could not do its job,
+    3 the script raised (findings so far are reported).
+    """
+    from ._doctor import NNDoctorUsageError
+    from ._report import Severity
+    from ._runner import Outcome, run_script
+
+    err = _err()
+    json_mode = output_format is OutputFormat.json
+    progress = _Progress(err, script, steps, verbose)
+    # In JSON mode stdout carries the report only: the script's prints go to stderr.
+    redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
+    try:
+        with redirect, progress:
+            run = run_script(
+                script, list(script_args or []), steps=steps, timeout=timeout, select=select,
+                ignore=ignore, experiments=not no_experiments, on_event=progress,
+            )
+    except NNDoctorUsageError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # an internal failure: say so, and how to report it
+        if verbose:
+            err.print_exception()
+        raise _fail(
+            f"internal error while checking {script}: {type(exc).__name__}: {exc}. This is a bug "
+            f"in nndoctor; rerun with --verbose for the traceback and report it."
+        ) from None
+
+    report = run.report
+    if report is None or run.steps == 0:
+        if run.outcome is Outcome.RAISED and run.error is not None:
+            _print_error(err, run, verbose)
+            raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
+        raise _fail(_no_training_message(run, timeout))
+
+    # Outputs: TensorBoard first (the console report then names the logdir), JSON, console.
+    if logdir is not None:
+        try:
+            report.to_tensorboard(str(logdir))
+            report.logdir = str(logdir)
+        except ImportError as exc:
+            err.print(f"[yellow]nndoctor: --logdir needs TensorBoard support: {escape(str(exc))}[/]")
+        except Exception as exc:
+            err.print(f"[yellow]nndoctor: writing TensorBoard files to {escape(str(logdir))} failed: "
+                      f"{escape(repr(exc))}[/]")
+    if json_path is not None:
+        try:
+            report.to_json(json_path)
+        except OSError as exc:
+            raise _fail(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
+    if json_mode:
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+    else:
+        report.print(_out(), verbose=verbose)
+
+    for note in run.notes:
+        err.print(f"[dim]nndoctor: note: {escape(note)}[/]", soft_wrap=True)
+    if verbose:
+        err.print(f"[dim]nndoctor: watched {run.steps} step(s) of {escape(str(run.model))} "
+                  f"({escape(str(run.optimizer or 'hand-written updates'))}) in {run.seconds:.1f} s; "
+                  f"experiments: {escape(run.experiments)} ({run.experiment_seconds:.1f} s)[/]", soft_wrap=True)
+    elif run.experiments.startswith("skipped: ") and not no_experiments:
+        err.print(f"[dim]nndoctor: experiments {escape(run.experiments)}[/]", soft_wrap=True)
+
+    if run.outcome is Outcome.RAISED:
+        _print_error(err, run, verbose)
+        raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
+    if run.outcome is Outcome.INTERRUPTED:
+        raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.")
+    if run.outcome is Outcome.TIMEOUT:
+        err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {timeout:g} s with "
+                  f"{run.steps} of {steps} step(s) watched; the report covers those. Raise --timeout "
+                  f"to watch more.[/]", soft_wrap=True)
+    elif run.outcome in (Outcome.FINISHED, Outcome.EXITED) and run.steps < steps:
+        how = "ran to its end" if run.outcome is Outcome.FINISHED else f"called sys.exit({run.exit_code!r})"
+        err.print(f"[dim]nndoctor: the script {how} after {run.steps} step(s) (fewer than --steps "
+                  f"{steps}); the report covers those.[/]", soft_wrap=True)
+    bar = Severity.parse(fail_on.value).rank
+    failing = [f for f in report.findings if f.severity.rank >= bar]
+    if failing:
+        ids = ", ".join(dict.fromkeys(f.check for f in failing))
+        err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on.value}' ({escape(ids)}); "
+                  f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
+        raise typer.Exit(int(ExitCode.FINDINGS))
+    raise typer.Exit(int(ExitCode.OK))
+
+
+def _print_error(err: Console, run: Any, verbose: bool) -> None:
+    e = run.error
+    where = f"in `{e.location}`" + (f" ({e.function})" if e.function and e.function != "<module>" else "")
+    after = ("findings so far are in the report above" if run.trained
+             else "no training step was watched, so there are no findings")
+    err.print(f"[bold red]nndoctor:[/] the script raised {escape(e.type)}: {escape(e.message)} "
+              f"{_steps_text(run)}, {escape(where)}; {after}.", soft_wrap=True)
+    if e.source_line:
+        err.print(f"    {escape(e.source_line)}", soft_wrap=True, highlight=False)
+    if verbose:
+        err.print(escape(e.traceback.rstrip()), soft_wrap=True, highlight=False)
+        err.print("Fix the error and run again.")
+    else:
+        err.print("Fix the error and run again (--verbose shows the traceback; `python "
+                  f"{escape(run.script)}` raises the same).", soft_wrap=True)
+
+
+# ======================================================================================
+# checks / explain
+# ======================================================================================
+@app.command("checks")
+def checks_command(
+    output_format: ListFormat = typer.Option(ListFormat.text, "--format", case_sensitive=False,
+                                             help="text: a table; json: a list of objects."),
+) -> None:
+    """List every check: id, severity, family, title."""
+    from .checks._registry import REGISTRY
+
+    if output_format is ListFormat.json:
+        import json
+
+        rows = [{"id": c.id, "severity": c.severity.value, "family": c.family, "kind": c.kind,
+                 "title": c.title} for c in REGISTRY.values()]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    from .reporters.console import SEVERITY_STYLE
+
+    table = Table(title=f"nndoctor checks ({len(REGISTRY)})", title_justify="left")
+    table.add_column("id", style="bold", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("family", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("title")
+    for c in REGISTRY.values():
+        table.add_row(c.id, f"[{SEVERITY_STYLE[c.severity]}]{c.severity.value}[/]", c.family,
+                      "watch" if c.kind == "passive" else c.kind, c.title)
+    console = _out()
+    console.print(table)
+    console.print("[dim]`nndoctor explain ID` describes a check.[/]")
+
+
+@app.command()
+def explain(
+    check_id: str = typer.Argument(..., metavar="ID", help="A check id, e.g. dead-relu."),
+    output_format: ExplainFormat = typer.Option(ExplainFormat.text, "--format", case_sensitive=False,
+                                                help="text: rendered; markdown: the raw catalogue page."),
+) -> None:
+    """What a check measures, why, its thresholds, how to fix, the sources."""
+    import difflib
+
+    from ._catalogue import render_check_page
+    from .checks._registry import REGISTRY
+
+    cls = REGISTRY.get(check_id.strip().lower())
+    if cls is None:
+        close = difflib.get_close_matches(check_id.lower(), list(REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise _fail(f"unknown check id {check_id!r}.{hint} `nndoctor checks` lists them all.")
+    page = render_check_page(cls)
+    if output_format is ExplainFormat.markdown:
+        sys.stdout.write(page)
+        return
+    from rich.markdown import Markdown
+
+    _out().print(Markdown(page))
+
+
+def main() -> None:
+    """Console-script entry point (``nndoctor``)."""
+    app(prog_name="nndoctor")
+
+
+if __name__ == "__main__":
+    main()
