@@ -151,7 +151,12 @@ class Doctor:
 
     @property
     def optimizer(self) -> "torch.optim.Optimizer | None":
-        return self.optimizers[0] if self.optimizers else None
+        """The optimizer given, or else the first one discovered while watching."""
+        if self.optimizers:
+            return self.optimizers[0]
+        rec = self._recorder or self._last_recorder
+        found = rec.optimizers if rec is not None else []
+        return found[0] if found else None
 
     # -- watch mode ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -190,6 +195,13 @@ class Doctor:
                     stream.close()
                 except Exception as exc:
                     self._observations.notes.append(f"TensorBoard writer failed: {exc!r}")
+
+    def enter_forward(self, args: Any, kwargs: Any = None) -> None:
+        """For a watch() entered from inside the model's own forward call (a global
+        forward pre-hook, as the CLI runner does): record that call as the first one."""
+        if self._recorder is None:
+            raise NNDoctorUsageError("enter_forward() is only valid inside watch()")
+        self._recorder.enter_forward(args, kwargs)
 
     def log_loss(self, loss: Any) -> None:
         """Tell the Doctor the loss of the current step, when ``.backward()`` is not called

@@ -499,6 +499,11 @@ class Recorder:
         return model
 
     @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers given or discovered (stepping this model's parameters)."""
+        return [o for o in (r() for r in self._optimizers) if o is not None]
+
+    @property
     def steps_completed(self) -> int:
         return self._step
 
@@ -844,6 +849,12 @@ class Recorder:
         self._pending.add(vec, sink)
 
     # -- root hooks ----------------------------------------------------------------------
+    def enter_forward(self, args: Any, kwargs: Any) -> None:
+        """Attached from inside the model's forward pre-hook chain (the CLI runner
+        discovers the model there): torch iterates over a snapshot of the hook dicts, so
+        our own root pre-hook misses this call; run it by hand."""
+        self._root_pre(self.model, args, kwargs or {})
+
     def _root_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         try:
             if self._pending_close:

@@ -386,19 +386,10 @@ class _Session:
         doctor = Doctor(model, **self.doctor_kwargs)
         doctor.script = self.display
         self.doctor = doctor
-        hooks_before = set(model._forward_pre_hooks)
         self.stack.enter_context(doctor.watch())
-        # torch iterates over a snapshot of the hook dicts taken before this global
-        # pre-hook ran, so the pre-hook the Doctor just registered on the model would miss
-        # this very call (step 0's inputs). Replay the new hooks once, as torch would.
-        # Keyword arguments are not passed to global hooks: the replay sees none.
-        for hook_id, hook in list(model._forward_pre_hooks.items()):
-            if hook_id in hooks_before:
-                continue
-            if hook_id in model._forward_pre_hooks_with_kwargs:
-                hook(model, args, {})
-            else:
-                hook(model, args)
+        # We are inside the model's first forward call (a global pre-hook saw it): let the
+        # Doctor record it as step 0's forward. Global hooks get no keyword arguments.
+        doctor.enter_forward(args, {})
         h = register_optimizer_step_post_hook(self._optimizer_post)
         self.stack.callback(h.remove)
         n_params = sum(p.numel() for p in model.parameters())
