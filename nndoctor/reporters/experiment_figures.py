@@ -45,7 +45,10 @@ def overfit_figure(data: dict[str, Any]) -> Figure:
         line = ax.plot(range(len(losses)), losses, label=f"loss, {run.get('optimizer')}")[0]
         if run.get("accuracies"):
             acc_ax = acc_ax or ax.twinx()
-            acc_ax.plot(range(len(run["accuracies"])), run["accuracies"], "--", color=line.get_color(), label=f"accuracy, {run.get('optimizer')}")
+            acc_ax.plot(
+                range(len(run["accuracies"])), run["accuracies"], "--",
+                color=line.get_color(), label=f"accuracy, {run.get('optimizer')}",
+            )
     if all(_positive(_finite(r.get("losses") or [])) for r in data.get("runs") or []):
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -54,7 +57,11 @@ def overfit_figure(data: dict[str, Any]) -> Figure:
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Overfit {data.get('n_samples')} samples ({data.get('task')})")
-    ax.legend(loc="upper right", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if acc_ax is not None:  # one legend for both axes
+        more_handles, more_labels = acc_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -74,6 +81,11 @@ def lr_figure(sweep: dict[str, Any] | None, rng: dict[str, Any] | None) -> Figur
         right.plot(rng["lrs"], _finite(rng["losses"]), alpha=0.35, label="loss")
         right.plot(rng["lrs"], _finite(rng["smoothed"]), label="smoothed")
         right.set_xscale("log")
+        smoothed = [v for v in _finite(rng["smoothed"]) if math.isfinite(v)]
+        if smoothed:  # the last raw losses can be huge: keep the interesting range in view
+            raw = [v for v in _finite(rng["losses"]) if math.isfinite(v)]
+            low, high = min(smoothed + raw), max(smoothed[0], min(smoothed) * 4.0)
+            right.set_ylim(low - 0.05 * (high - low), high + 0.25 * (high - low))
         styles = {"steep": ":", "valley": "--", "minimum/10": "-."}
         for name, lr in (rng.get("suggestions") or {}).items():
             right.axvline(lr, linestyle=styles.get(name, ":"), color="tab:green", label=f"{name} {lr:.2g}")
