@@ -137,13 +137,18 @@ class Doctor:
             raise NNDoctorUsageError(
                 f"loss_fn must be callable (an nn.Module loss or a function), got {type(loss_fn).__name__}."
             )
-        self.model = model
+        from ._compile import unwrap_compiled
+
+        # A torch.compile'd model is watched through its original module (hooks on the
+        # wrapper would prefix every name with `_orig_mod.` and see the output twice).
+        self.model, self._compile_note = unwrap_compiled(model)
         self.optimizers = optimizers
         self.loss_fn = loss_fn
         self._select, self._ignore, self._thresholds = select, ignore, thresholds
         self.checks = build_checks("passive", select=select, ignore=ignore, thresholds=thresholds)
         self.schedule = Schedule(dense_steps=dense_steps, sample_every=sample_every)
         self._recorder: Recorder | None = None
+        self._samplers: Any = None
         self._last_recorder: Recorder | None = None
         self._observations: Observations | None = None
         self._stream: Any = None
@@ -178,14 +183,25 @@ class Doctor:
             on_sync=on_sync,
         )
         self._recorder = recorder
-        recorder.attach()
+        from . import _distributed
+
+        samplers_ctx = _distributed.track_samplers()
+        self._samplers = samplers_ctx.__enter__()
+        try:
+            recorder.attach()
+        except BaseException:
+            samplers_ctx.__exit__(None, None, None)
+            self._recorder = None
+            raise
         try:
             yield self
         finally:
             recorder.detach()
+            samplers_ctx.__exit__(None, None, None)
             self._observations = recorder.finish()
             self._recorder = None
             self._last_recorder = recorder
+            self._after_watch(self._observations)
             if self._stream is not None:
                 stream, self._stream = self._stream, None
                 try:
@@ -195,6 +211,32 @@ class Doctor:
                     stream.close()
                 except Exception as exc:
                     self._observations.notes.append(f"TensorBoard writer failed: {exc!r}")
+
+    def _after_watch(self, obs: Observations) -> None:
+        """Notes on what could not be observed, and the per-rank facts of a DDP run.
+        Never raises: the user's exception (if any) must come through unchanged."""
+        try:
+            from . import _distributed
+            from ._compile import is_compiled, verify_hooks_fired
+
+            if self._compile_note:
+                obs.notes.append(self._compile_note)
+            note = verify_hooks_fired(obs, compiled=True if (self._compile_note or is_compiled(self.model)) else None)
+            if note:
+                obs.notes.append(note)
+            if _distributed.is_distributed():
+                obs.experiments[_distributed.LOCAL_FACTS] = _distributed.local_facts(
+                    self.model, obs, samplers=self._samplers)
+        except Exception as exc:  # pragma: no cover - defensive
+            obs.notes.append(f"post-watch analysis failed: {exc!r}")
+
+    def gather(self) -> "Report | None":
+        """Under torch.distributed: every rank calls this after watch(); rank 0 gets one
+        merged report (rank-specific findings name their rank, DDP checks judged on all
+        ranks' facts), the other ranks None. Without a process group: report()."""
+        from . import _distributed
+
+        return _distributed.gather_reports(self)
 
     def enter_forward(self, args: Any, kwargs: Any = None) -> None:
         """For a watch() entered from inside the model's own forward call (a global
@@ -235,6 +277,7 @@ class Doctor:
             model={"class": obs.model_class or type(self.model).__name__,
                    "parameters": obs.n_parameters, "trainable": obs.n_trainable},
             script=self.script, observations=obs, logdir=getattr(self, "_logdir", None),
+            notes=list(obs.notes),
         )
 
     def report(self) -> Report:

@@ -66,6 +66,7 @@ class ActivationRecord:
     saturated_fraction: float | None = None  # sigmoid/tanh: share of elements near the rails
     params_nonfinite: bool = False
     output_index: str | None = None  # for tuple/dict outputs: which element went bad first
+    input_calls: list[int] = field(default_factory=list)  # calls (this step) whose output is an input here
 
 
 @dataclass

@@ -124,6 +124,9 @@ class Report:
     # Curves and tables produced by experiments (overfit curve, LR sweep...).
     experiments: dict[str, Any] = field(default_factory=dict)
     logdir: str | None = None
+    # What nndoctor could not observe or had to switch off (compiled model, a failing
+    # observer...): shown in the console report and in the JSON (an extension of schema 1).
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sort()
@@ -173,6 +176,7 @@ class Report:
             observations=self.observations if self.observations is not None else other.observations,
             experiments={**self.experiments, **other.experiments},
             logdir=self.logdir or other.logdir,
+            notes=list(dict.fromkeys([*self.notes, *other.notes])),
         )
 
     # -- outputs ---------------------------------------------------------------------
@@ -188,6 +192,7 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "checks_run": list(self.checks_run),
             "checks_skipped": [dict(s) for s in self.checks_skipped],
+            "notes": list(self.notes),
         }
 
     def to_json(self, path: "str | os.PathLike[str] | None" = None, *, indent: int = 2) -> str:
@@ -209,6 +214,7 @@ class Report:
             steps_observed=int(data.get("steps_observed", 0)),
             model=dict(data.get("model") or {}),
             script=data.get("script"),
+            notes=list(data.get("notes", [])),
         )
 
     def print(self, console: Any = None, *, verbose: bool = False) -> None:

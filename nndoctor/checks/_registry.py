@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._base import Check
 from .activations import ActivationStd, DeadRelu, SaturatedActivation
 from .data import InputNormalization, LabelDistribution, RepeatedBatch
+from .distributed import DdpParameterDivergence, DdpSameBatchEveryRank, DdpSetEpochMissing, DdpUnusedParameters
 from .experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
 from .loss import ChanceLevelLoss, LossInputFormat, LossNotDecreasing
@@ -48,6 +49,11 @@ REGISTRY: dict[str, type[Check]] = {
         RandomInputLoss,
         LrSweep,
         GradientCheck,
+        # distributed (DDP): judged on facts gathered from every rank
+        DdpParameterDivergence,
+        DdpSameBatchEveryRank,
+        DdpUnusedParameters,
+        DdpSetEpochMissing,
     )
 }
 

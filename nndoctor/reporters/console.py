@@ -65,6 +65,8 @@ def render_report(report: Report, *, verbose: bool = False) -> Group:
     elif report.checks_skipped:
         parts.append(Text("Skipped: " + ", ".join(s["check"] for s in report.checks_skipped)
                           + " (details in the JSON report, or with --verbose)", style="dim"))
+    for note in report.notes:
+        parts.append(Text(f"note: {note}", style="dim yellow"))
     if report.logdir:
         parts.append(Text(f"TensorBoard: tensorboard --logdir {report.logdir}", style="dim"))
     return Group(*parts)
