@@ -286,7 +286,9 @@ def local_facts(model: nn.Module | None, obs: Any = None, *,
         "backend": str(dist.get_backend()) if distributed else None,
     }
     facts.update(_ddp_facts(model))
-    facts["params"] = _param_fingerprints(model) if model is not None else None
+    # Names as the Doctor reports them: the wrapped module's (no `module.` prefix).
+    inner = model.module if facts.get("ddp") and hasattr(model, "module") else model
+    facts["params"] = _param_fingerprints(inner) if inner is not None else None
     inputs: list[list[float]] = []
     labels: list[list[float]] = []
     grads_never: list[str] | None = None

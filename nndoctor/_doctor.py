@@ -142,6 +142,12 @@ class Doctor:
         # A torch.compile'd model is watched through its original module (hooks on the
         # wrapper would prefix every name with `_orig_mod.` and see the output twice).
         self.model, self._compile_note = unwrap_compiled(model)
+        # DistributedDataParallel / DataParallel: watch the wrapped module (the user's
+        # layer names; experiments copy it without the wrapper's collectives); the
+        # wrapper is kept for the DDP facts (find_unused_parameters...).
+        self._wrapper: nn.Module | None = None
+        if isinstance(self.model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            self._wrapper, self.model = self.model, self.model.module
         self.optimizers = optimizers
         self.loss_fn = loss_fn
         self._select, self._ignore, self._thresholds = select, ignore, thresholds
@@ -226,7 +232,7 @@ class Doctor:
                 obs.notes.append(note)
             if _distributed.is_distributed():
                 obs.experiments[_distributed.LOCAL_FACTS] = _distributed.local_facts(
-                    self.model, obs, samplers=self._samplers)
+                    self._wrapper or self.model, obs, samplers=self._samplers)
         except Exception as exc:  # pragma: no cover - defensive
             obs.notes.append(f"post-watch analysis failed: {exc!r}")
 

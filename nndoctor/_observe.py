@@ -942,6 +942,11 @@ class Recorder:
             return
         if self._unknown_depth == 0 and id(module) not in self._unregistered:
             params = [p for p in module.parameters()]
+            if params and all(id(p) in self._param_ids for p in params):
+                # A wrapper around our own parameters (DDP, a compile wrapper): not a
+                # module whose parameters are lost.
+                self._unknown_depth += 1
+                return
             known = {id(p) for ref in self._optimizers if ref() is not None for g in ref().param_groups for p in g["params"]}  # type: ignore[union-attr]
             self._unregistered[id(module)] = {
                 "class": type(module).__name__,

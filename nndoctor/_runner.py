@@ -389,7 +389,8 @@ class _Session:
         self.stack.enter_context(doctor.watch())
         # We are inside the model's first forward call (a global pre-hook saw it): let the
         # Doctor record it as step 0's forward. Global hooks get no keyword arguments.
-        doctor.enter_forward(args, {})
+        if doctor.model is model:  # (a DDP/compile wrapper: its inner module's hooks fire anyway)
+            doctor.enter_forward(args, {})
         h = register_optimizer_step_post_hook(self._optimizer_post)
         self.stack.callback(h.remove)
         n_params = sum(p.numel() for p in model.parameters())

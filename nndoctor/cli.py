@@ -251,6 +251,21 @@ def check(
             raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
         raise _fail(_no_training_message(run, timeout))
 
+    # Under torchrun: every rank watched its own copy of the script; rank 0 reports once
+    # for all of them (findings name their ranks; the DDP checks judge all ranks' facts).
+    from . import _distributed
+
+    if _distributed.is_distributed():
+        try:
+            merged = _distributed.gather_reports(report)
+        except Exception as exc:
+            err.print(f"[yellow]nndoctor: could not gather the other ranks' findings: {escape(repr(exc))}; "
+                      f"reporting this rank only[/]", soft_wrap=True)
+        else:
+            if merged is None:  # not rank 0: rank 0 reports for every rank
+                raise typer.Exit(int(ExitCode.OK))
+            report = merged
+
     # Outputs: TensorBoard first (the console report then names the logdir), JSON, console.
     if logdir is not None:
         try:

@@ -108,7 +108,7 @@ def test_healthy_ddp_run_has_no_ddp_finding(tmp_path):
     # Findings seen on both ranks are reported once, with the ranks listed.
     for f in merged["findings"]:
         assert f["evidence"]["ranks"] in ([0], [1], [0, 1])
-    assert merged["model"]["class"] == "DistributedDataParallel"
+    assert merged["model"]["class"] == "Net"  # the wrapped module is what is watched
 
 
 def test_no_distributed_sampler_every_rank_sees_the_same_batch(tmp_path):
@@ -127,11 +127,11 @@ def test_parameter_perturbed_on_rank1_diverges(tmp_path):
     assert set(found) == {"ddp-parameter-divergence"}, found
     f = found["ddp-parameter-divergence"][0]
     assert f["severity"] == "error"
-    assert f["where"] == "module.fc1.weight"
+    assert f["where"] == "fc1.weight"
     assert f["evidence"]["diverged_ranks"] == [1]
     assert f["message"].startswith("The parameters of rank 1 differ from rank 0's")
     assert f["evidence"]["ranks"] == [1]
-    assert f["evidence"]["parameters"] == ["module.fc1.weight"]
+    assert f["evidence"]["parameters"] == ["fc1.weight"]
 
 
 def test_unused_layer_under_find_unused_parameters(tmp_path):
@@ -140,7 +140,7 @@ def test_unused_layer_under_find_unused_parameters(tmp_path):
     assert set(found) == {"ddp-unused-parameters"}, found
     f = found["ddp-unused-parameters"][0]
     assert f["severity"] == "warning"
-    assert f["evidence"]["parameters"] == ["module.aux.bias", "module.aux.weight"]
+    assert f["evidence"]["parameters"] == ["aux.bias", "aux.weight"]
     assert f["evidence"]["find_unused_parameters"] is True
     assert "find_unused_parameters=True" in f["message"]
     # The generic per-rank check fires on both ranks: merged into one finding.
