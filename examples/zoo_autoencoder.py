@@ -64,12 +64,13 @@ def main(argv=None):
 
     model = create_model(name, size=args.size).to(device)
     criterion = create_loss(name, model=model).to(device)
-    if args.inject == "frozen-backbone":  # the encoder half / the conv trunk
+    params = list(model.parameters())
+    if args.inject == "frozen-backbone":  # the bug: the encoder half / the conv trunk is left out of the optimizer
         frozen = model.blocks if args.task == "colorization" else model.l_to_ab if args.task == "split-brain" else model.encoder
-        for p in frozen.parameters():
-            p.requires_grad_(False)
+        left_out = {id(p) for p in frozen.parameters()}
+        params = [p for p in params if id(p) not in left_out]
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 

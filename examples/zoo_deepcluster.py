@@ -47,9 +47,9 @@ def main(argv=None):
     clusters = min(model_config("deepcluster", args.size)["num_clusters"], args.pool // 4)
     model = create_model("deepcluster", size=args.size, num_clusters=clusters).to(device)
     criterion = create_loss("deepcluster")
-    if args.inject == "frozen-backbone":
-        for p in model.trunk.parameters():
-            p.requires_grad_(False)
+    left_out = set()
+    if args.inject == "frozen-backbone":  # the bug: the optimizer never gets the trunk, which keeps its random init
+        left_out = {id(p) for p in model.trunk.parameters()}
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
@@ -62,7 +62,7 @@ def main(argv=None):
             sizes = torch.bincount(labels, minlength=model.num_clusters)
             print(f"step {step:4d}  re-clustered: {int((sizes > 0).sum())}/{model.num_clusters} non-empty, largest {int(sizes.max())}")
             # The top layer is new, so the optimizer is too (momentum for old weights is meaningless).
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
+            optimizer = torch.optim.SGD([p for p in model.parameters() if id(p) not in left_out], lr=lr, momentum=0.9, weight_decay=1e-5)
             model.train()
         pick = deepcluster.uniform_cluster_sample(labels.cpu(), args.batch_size).to(device)
         inputs, targets = pool[pick], labels[pick]

@@ -43,11 +43,12 @@ def main(argv=None):
     name = f"efficientdet-d{args.phi}"
     model = create_model(name, size=args.size, **({"num_classes": 3} if args.size == "full" else {})).to(device)
     criterion = create_loss(name, model=model)
-    if args.inject == "frozen-backbone":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+    params = list(model.parameters())
+    if args.inject == "frozen-backbone":  # the bug: the optimizer gets the heads only; the backbone keeps its random init
+        backbone = {id(p) for p in model.backbone.parameters()}
+        params = [p for p in params if id(p) not in backbone]
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=4e-5)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=4e-5)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 

@@ -40,11 +40,12 @@ def main(argv=None):
 
     model = create_model("multitask", size=args.size).to(device)
     criterion = create_loss("multitask").to(device)
-    if args.inject == "frozen-backbone":
-        for p in model.trunk.parameters():
-            p.requires_grad_(False)
+    params = list(model.parameters())
+    if args.inject == "frozen-backbone":  # the bug: the optimizer gets the heads only; the trunk keeps its random init
+        trunk = {id(p) for p in model.trunk.parameters()}
+        params = [p for p in params if id(p) not in trunk]
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(params, lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 

@@ -39,11 +39,12 @@ def main(argv=None):
 
     model = create_model("rotnet", size=args.size).to(device)
     criterion = create_loss("rotnet")
-    if args.inject == "frozen-backbone":
-        for p in model.trunk.parameters():
-            p.requires_grad_(False)
+    params = list(model.parameters())
+    if args.inject == "frozen-backbone":  # the bug: the optimizer gets the head only; the trunk keeps its random init
+        trunk = {id(p) for p in model.trunk.parameters()}
+        params = [p for p in params if id(p) not in trunk]
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 

@@ -42,11 +42,12 @@ def main(argv=None):
 
     model = create_model("yolov3", size=args.size).to(device)
     criterion = create_loss("yolov3", model=model)
-    if args.inject == "frozen-backbone":
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+    params = list(model.parameters())
+    if args.inject == "frozen-backbone":  # the bug: the optimizer gets the heads only; the backbone keeps its random init
+        backbone = {id(p) for p in model.backbone.parameters()}
+        params = [p for p in params if id(p) not in backbone]
     lr = args.lr * (100 if args.inject == "lr-x100" else 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 

@@ -67,6 +67,7 @@ class ActivationRecord:
     params_nonfinite: bool = False
     output_index: str | None = None  # for tuple/dict outputs: which element went bad first
     input_calls: list[int] = field(default_factory=list)  # calls (this step) whose output is an input here
+    spatial: int | None = None  # product of the dims after (batch, channels), for 3-D+ outputs
 
 
 @dataclass

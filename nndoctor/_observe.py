@@ -386,6 +386,7 @@ def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGr
     stack = [root]
     names: list[str] = []
     reaches_param = False
+    log_softmaxes: list[Any] = []
     while stack and len(seen) < max_nodes:
         node = stack.pop()
         if id(node) in seen:
@@ -399,14 +400,21 @@ def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGr
             anchors.append((kind, node))
             continue
         if name == "LogSoftmaxBackward0":
+            log_softmaxes.append(node)
             continue  # label smoothing's second term ends here
-        if name == "AccumulateGrad":
+        if name.endswith("AccumulateGrad"):  # "torch::autograd::AccumulateGrad" in torch 2.13
             reaches_param = True
             continue
         for nxt, _ in node.next_functions:
             if nxt is not None:
                 stack.append(nxt)
     if not anchors:
+        if log_softmaxes:
+            # -(target * log_softmax(x)).sum(): a cross-entropy with soft (probability)
+            # targets, written by hand or F.cross_entropy with probability targets.
+            feeders = [_skip_views(_first_input(n)) for n in log_softmaxes]
+            fed = "softmax" if any(f is not None and f.name() == "SoftmaxBackward0" for f in feeders) else "log_softmax"
+            return LossGraph(kind="soft_cross_entropy", fed_by=fed, nodes=names, multi_term=reaches_param), None
         return LossGraph(kind="other", nodes=names), None
     multi = len(anchors) > 1 or reaches_param
     kind, node = anchors[0]
@@ -778,7 +786,14 @@ class Recorder:
         category = meta.category
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if recorder._failed or not torch.is_grad_enabled():
+            if recorder._failed:
+                return
+            if not torch.is_grad_enabled():
+                # e.g. a frozen trunk run under torch.no_grad() inside forward: it is
+                # used, just not measured.
+                cur = recorder._cur
+                if cur is not None and cur.sampled:
+                    recorder.obs.called_modules.add(path)
                 return
             try:
                 recorder._record_call(path, category, module, args, output)
@@ -848,6 +863,7 @@ class Recorder:
         labels = [lab for lab, _ in outs]
         batch = int(primary.shape[0]) if primary.dim() >= 1 else None
         numel = int(primary.numel())
+        spatial = math.prod(int(d) for d in primary.shape[2:]) if primary.dim() >= 3 else None
         if category == "batchnorm" and module.training and args and isinstance(args[0], torch.Tensor):
             if args[0].dim() >= 2 and args[0].shape[0] == 1:
                 cur.bn_batch_one.append(path)
@@ -869,6 +885,7 @@ class Recorder:
                     params_nonfinite=not math.isfinite(p_sum),
                     output_index=(labels[bad_idx] or None) if bad_idx is not None and len(labels) > 1 else None,
                     input_calls=input_calls,
+                    spatial=spatial,
                 )
             )
 

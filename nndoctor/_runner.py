@@ -685,12 +685,31 @@ def _run_experiments(
         optimizer = _stand_in_sgd(doctor, session)
     with torch.enable_grad():
         checkup = _experiments.run_checkup(
-            doctor.model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
+            _model_at_start(doctor.model, session), (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
             select=select, ignore=ignore_ids, thresholds=thresholds,
         )
     merged = report.merge(checkup)
     merged.experiments = {**report.experiments, **checkup.experiments}
     return merged, "ran"
+
+
+def _model_at_start(model: nn.Module, session: _Session) -> nn.Module:
+    """A copy of the model with the weights it had at the first watched step: after a few
+    steps at a too-high learning rate the weights may be wrecked, and the experiments
+    (LR sweep first of all) must judge the training setup, not the wreckage."""
+    state = session.initial_state
+    if not state:
+        return model
+    if all(k.startswith("module.") for k in state):  # captured on a DDP/DataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        start = copy.deepcopy(model)
+        start.load_state_dict(state)
+    except Exception as exc:  # an unusual model: judge it as it is now, and say so
+        session.notes.append(f"the experiments use the weights after the watched steps "
+                             f"(restoring the first step's weights failed: {exc!r})")
+        return model
+    return start
 
 
 def infer_sgd_lr(obs: Any) -> float | None:

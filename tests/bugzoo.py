@@ -329,6 +329,28 @@ def b_bn_batch_of_one():
     return classic(model=model, data=(x, y), batch=1)
 
 
+class SoftTargetCE(nn.Module):
+    """-(t * log_softmax(x)).sum(1).mean(): a hand-written soft-target cross-entropy."""
+
+    def forward(self, x, t):
+        return -(t * torch.log_softmax(x, dim=1)).sum(1).mean()
+
+
+def b_softmax_into_soft_target_ce():
+    x, y = teacher_data()
+    soft = F.one_hot(y, 4).float() * 0.9 + 0.025
+    model = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    return classic(model=model, data=(x, soft), loss_fn=SoftTargetCE())
+
+
+def b_most_params_not_in_optimizer():
+    x, y = teacher_data()
+    model = mlp(h=128)
+    opt = torch.optim.SGD(model[-1].parameters(), lr=0.05)  # the big hidden layers never train
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
 def b_lr_zero():
     return classic(lr=0.0)
 
@@ -360,6 +382,8 @@ BUGS = [
     Case("manual-sgd-without-zeroing", b_manual_sgd_no_zero, {"grad-not-zeroed"}),
     Case("batchnorm-batch-of-one", b_bn_batch_of_one, {"train-eval-mode"}),
     Case("learning-rate-zero", b_lr_zero, {"frozen-layer", "loss-not-decreasing"}),
+    Case("softmax-into-soft-target-cross-entropy", b_softmax_into_soft_target_ce, {"loss-input-format"}),
+    Case("most-parameters-not-in-optimizer", b_most_params_not_in_optimizer, {"frozen-layer"}),
 ]
 
 
@@ -482,6 +506,29 @@ def h_multi_term_functional():
     return Setup(model, step, opt)
 
 
+class LinearProbe(nn.Module):
+    """The linear-evaluation protocol: a frozen trunk run under no_grad, a trained head."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(20, 64), nn.ReLU())
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        with torch.no_grad():
+            feats = self.trunk(x)
+        return self.head(feats)
+
+
+def h_linear_probe_no_grad_trunk():
+    x, y = teacher_data()
+    model = LinearProbe()
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    model.trunk.requires_grad_(False)
+    return Setup(model, standard_loop(model, opt, loss_fn, x, y), opt, loss_fn)
+
+
 HEALTHY = [
     Case("mlp-adam", h_mlp_adam, healthy=True),
     Case("cnn-batchnorm-momentum", h_cnn_bn_momentum, healthy=True),
@@ -493,4 +540,5 @@ HEALTHY = [
     Case("transformer", h_transformer, healthy=True),
     Case("manual-sgd-with-zeroing", h_manual_sgd, healthy=True),
     Case("functional-multi-term-loss", h_multi_term_functional, healthy=True),
+    Case("linear-probe-no-grad-trunk", h_linear_probe_no_grad_trunk, healthy=True),
 ]

@@ -60,3 +60,19 @@ def test_unregistered_modules_are_named_with_their_size():
     assert f.severity is Severity.ERROR
     assert f.evidence["module_class"] == "Linear" and f.evidence["modules"] == 2
     assert f.evidence["parameters"] == 2 * (32 * 32 + 32)
+
+
+def test_bug_cases_raise_errors_where_training_is_broken():
+    for name, check in [("most-parameters-not-in-optimizer", "frozen-layer"),
+                        ("softmax-into-soft-target-cross-entropy", "loss-input-format")]:
+        report = run_case(next(c for c in BUGS if c.name == name))
+        assert check in report.ids("error"), [(f.check, f.severity.value) for f in report.findings]
+
+
+def test_regularised_loss_is_seen_as_multi_term():
+    """A loss with a weight-decay term reaching the parameters directly is multi-term,
+    so chance-level-loss does not judge it (regression: torch 2.13 names the node
+    `torch::autograd::AccumulateGrad`)."""
+    report = run_case(next(c for c in HEALTHY if c.name == "functional-multi-term-loss"))
+    assert report.observations.first_loss_graph().multi_term
+    assert any(s["check"] == "chance-level-loss" and "several terms" in s["reason"] for s in report.checks_skipped)

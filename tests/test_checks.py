@@ -48,6 +48,22 @@ def with_acts(obs: Observations, std: dict[str, float]) -> Observations:
     return obs
 
 
+def with_acts_spatial1() -> Observations:
+    obs = with_acts(base(), {"fc1": 0.01, "act": 0.5, "fc2": 0.6, "fc3": 1.0})
+    for rec in obs.steps:
+        rec.activations[0].spatial = 1  # e.g. a squeeze-excitation conv on a pooled map
+    return obs
+
+
+def early_then_small() -> Observations:
+    obs = base()
+    for rec in obs.steps:
+        r = 0.5 if rec.step < 5 else 1e-3
+        rec.weight_norms = {n: 10.0 for n in obs.params}
+        rec.update_norms = {n: 10.0 * r for n in obs.params}
+    return obs
+
+
 def losses(values) -> Observations:
     obs = base(len(values))
     for rec, v in zip(obs.steps, values):
@@ -145,6 +161,9 @@ def frozen_case(kind) -> Observations:
     obs = base()
     if kind == "not-in-optimizer":
         obs.params["fc1.weight"].in_optimizer = False
+    elif kind == "most-not-in-optimizer":
+        for name in ("fc1.weight", "fc2.weight", "fc2.bias"):
+            obs.params[name].in_optimizer = False
     elif kind == "cut":
         for rec in obs.steps:
             rec.grad_norms.pop("fc1.weight")
@@ -210,6 +229,7 @@ ROWS = [
     Row("activation-std", "fires-vanishing", lambda: with_acts(base(), {"fc1": 0.8, "act": 0.5, "fc2": 0.05, "fc3": 1.0}), True, "warning", "fc2"),
     Row("activation-std", "fires-collapsed", lambda: with_acts(base(), {"fc1": 1e-5, "act": 0.5, "fc2": 0.6, "fc3": 1.0}), True, "error", "fc1"),
     Row("activation-std", "silent", lambda: with_acts(base(), {"fc1": 0.8, "act": 0.3, "fc2": 1.5, "fc3": 1e-6}), False),
+    Row("activation-std", "silent-1x1-maps", lambda: with_acts_spatial1(), False),
     Row("activation-std", "at-threshold", lambda: with_acts(base(), {"fc1": 0.1, "act": 0.5, "fc2": 10.0, "fc3": 1.0}), False),
     Row("dead-relu", "fires", lambda: relu(dead=60), True, "warning", "act"),
     Row("dead-relu", "fires-all-dead", lambda: relu(dead=100), True, "error", "act"),
@@ -234,12 +254,14 @@ ROWS = [
     Row("update-ratio", "fires-broken", lambda: updates(2.0), True, "error"),
     Row("update-ratio", "fires-low", lambda: updates(1e-8), True, "warning"),
     Row("update-ratio", "silent", lambda: updates(1e-3), False),
+    Row("update-ratio", "fires-early-updates-only", early_then_small, True, "warning"),
     Row("update-ratio", "at-threshold", lambda: updates(0.1), False),
     Row("weight-init", "fires-large", lambda: init_scale(10.0), True, "warning"),
     Row("weight-init", "fires-small", lambda: init_scale(0.01), True, "warning"),
     Row("weight-init", "silent", lambda: init_scale(0.58), False),
     Row("weight-init", "at-threshold", lambda: init_scale(4.0), False),
     Row("frozen-layer", "fires-not-in-optimizer", lambda: frozen_case("not-in-optimizer"), True, "warning", "fc1"),
+    Row("frozen-layer", "fires-most-not-in-optimizer", lambda: frozen_case("most-not-in-optimizer"), True, "error", "fc1"),
     Row("frozen-layer", "fires-graph-cut", lambda: frozen_case("cut"), True, "error", "fc1"),
     Row("frozen-layer", "info-deliberately-frozen", lambda: frozen_case("requires-grad-false"), True, "info", "fc1"),
     Row("frozen-layer", "silent", base, False),
@@ -264,6 +286,7 @@ ROWS = [
     Row("loss-input-format", "fires-softmax-to-ce", lambda: graph("cross_entropy", "softmax")(), True, "error", "loss"),
     Row("loss-input-format", "fires-logits-to-nll", lambda: graph("nll", "logits")(), True, "error", "loss"),
     Row("loss-input-format", "fires-sigmoid-to-bce-logits", lambda: graph("bce_logits", "sigmoid")(), True, "error", "loss"),
+    Row("loss-input-format", "fires-softmax-to-soft-ce", lambda: graph("soft_cross_entropy", "softmax")(), True, "error", "loss"),
     Row("loss-input-format", "silent", lambda: graph("cross_entropy", "log_softmax")(), False),
     Row("chance-level-loss", "fires", lambda: graph("cross_entropy", "log_softmax")(10.0), True, "warning"),
     Row("chance-level-loss", "silent", lambda: graph("cross_entropy", "log_softmax")(2.35), False),

@@ -36,6 +36,8 @@ class ActivationStd(Check):
       0.58 for a unit Gaussian), and PyTorch's default init shrinks the std by ~0.4x per
       ReLU layer: so only layers `far` times outside the band are reported (all layers
       outside the band are listed in the evidence).
+    - Convolutions on 1x1 maps (squeeze-excitation blocks, globally pooled features)
+      are not judged: the band describes feature maps.
     - Sigmoid outputs (bounded in [0, 1]) and recurrent layers' gated states are not
       judged (the checklist excepts LSTMs); saturated-activation covers sigmoid/tanh.
     - Pre-trained networks fed data in a different range than they were trained on
@@ -76,6 +78,8 @@ class ActivationStd(Check):
                 leaves.add(a.path)
                 if meta.category in _SKIP_CATEGORIES or a.numel < 2 or a.out_nonfinite:
                     continue
+                if a.spatial == 1:
+                    continue  # a conv on a 1x1 map (squeeze-excitation, a pooled pyramid level): not a feature map
                 per_layer.setdefault(a.path, []).append(a.std)
         leaf_order = [p for p in obs.forward_order if p in leaves]
         if not leaf_order:

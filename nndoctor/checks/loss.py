@@ -54,7 +54,7 @@ class LossInputFormat(Check):
         if graph.kind == "other":
             raise Skip("no library loss (cross-entropy, NLL, BCE, MSE...) was recognised in the loss graph")
         ev = {"loss_kind": graph.kind, "fed_by": graph.fed_by}
-        if graph.kind == "cross_entropy" and graph.fed_by == "softmax":
+        if graph.kind in ("cross_entropy", "soft_cross_entropy") and graph.fed_by == "softmax":
             yield self.finding(
                 "Softmax outputs are fed to a cross-entropy loss that applies log_softmax itself: the "
                 "logits are squashed twice and the gradients shrink.",

@@ -49,6 +49,9 @@ class FrozenLayer(Check):
     family = "parameters"
     severity = Severity.ERROR
     needs = ("params", "steps", "called_modules")
+    thresholds = (
+        Threshold("max_missing_share", 0.5, "share of the trainable parameters (by count) missing from every optimizer at which it is an error rather than a warning", "fraction"),
+    )
     citations = (CHECKLIST, Citation("SageMaker Debugger UnchangedTensor rule"))
 
     def evaluate(self, obs) -> Iterable[Finding]:
@@ -76,7 +79,8 @@ class FrozenLayer(Check):
             missing = [n for n in trainable if params[n].in_optimizer is False]
             if missing:
                 mods = _modules_of(obs, missing)
-                sev = Severity.ERROR if len(missing) == len(trainable) else Severity.WARNING
+                share = sum(params[n].numel for n in missing) / max(sum(params[n].numel for n in trainable), 1)
+                sev = Severity.ERROR if share >= self.max_missing_share else Severity.WARNING
                 yield self.finding(
                     f"{len(missing)} trainable parameter tensor(s) are in no optimizer, so they never update: "
                     f"{listing(mods)}.",
@@ -144,6 +148,8 @@ class UnusedParameter(Check):
     ## Known false positives
     - Branches used only on some inputs or some steps (auxiliary heads, mixture of experts).
     - Modules used only at evaluation time.
+    - Frozen (requires_grad=False) modules that never run, e.g. the deeper stages of a
+      trunk in linear evaluation on earlier features: reported as info only.
 
     ## Example
     `self.layers = [nn.Linear(32, 32) for _ in range(3)]` in `__init__`: the layers run
@@ -191,10 +197,19 @@ class UnusedParameter(Check):
         top = [p for p in unused if not any(p.startswith(q + ".") for q in unused if q != p)]
         if top:
             n = sum(obs.modules[p].n_params for p in unused)
+            # Unused *and* frozen (every parameter requires_grad=False): a deliberately
+            # truncated network, e.g. linear evaluation on conv2 features of a frozen trunk.
+            def frozen(path: str) -> bool:
+                names = [m for m in obs.params.values() if m.module == path or m.module.startswith(path + ".")]
+                return bool(names) and not any(m.requires_grad for m in names)
+
+            all_frozen = all(frozen(p) for p in top)
             yield self.finding(
                 f"{len(top)} registered module(s) with parameters never ran in the forward pass: "
-                f"{listing(top)} ({n} parameters in all).",
-                severity=Severity.WARNING, where=top[0], modules=top, parameters=n,
+                f"{listing(top)} ({n} parameters in all)"
+                + ("; they are frozen too, so this looks deliberate." if all_frozen else "."),
+                severity=Severity.INFO if all_frozen else Severity.WARNING, where=top[0], modules=top,
+                parameters=n, frozen=all_frozen,
             )
 
 
@@ -236,26 +251,37 @@ class UpdateRatio(Check):
         Threshold("high", 1e-1, "median ratio above which the learning rate is likely too high (warning)", "ratio"),
         Threshold("broken", 1.0, "median ratio at which every update rewrites the weights (error)", "ratio"),
         Threshold("low", 1e-6, "median ratio below which updates are too small to matter (warning)", "ratio"),
+        Threshold("early_updates", 5, "the first measured updates, also judged on their own (a too-high LR shows there before the weights inflate)", "updates"),
     )
     citations = (CHECKLIST, Citation("CS231n notes, 'Neural Networks Part 3'"))
 
     def evaluate(self, obs) -> Iterable[Finding]:
         per: dict[str, list[float]] = {}
+        step_medians: list[float] = []
         for rec in obs.steps:
+            this_step = []
             for name, upd in rec.update_norms.items():
                 meta = obs.params.get(name)
                 w = rec.weight_norms.get(name)
                 if meta is None or meta.role != "weight" or not w or not math.isfinite(upd) or not math.isfinite(w):
                     continue
                 per.setdefault(name, []).append(upd / w)
+                if upd > 0:
+                    this_step.append(upd / w)
+            if this_step:
+                step_medians.append(median(this_step))
         if not per:
             raise Skip("no weight update was measured (no sampled step with an update)")
         ratios = {n: median(v) for n, v in per.items()}
         moving = {n: r for n, r in ratios.items() if r > 0}
         if not moving:
             raise Skip("no weight changed in the measured updates (see frozen-layer)")
-        overall = median(moving.values())
-        evidence = {"median_ratio": overall, "ratio_by_param": moving}
+        # A too-high learning rate inflates the weights within a few steps, after which
+        # the ratio shrinks again: the first updates are judged on their own as well.
+        early = median(step_medians[: int(self.early_updates)])
+        overall = max(median(moving.values()), early)
+        evidence = {"median_ratio": overall, "early_median_ratio": early, "ratio_by_param": moving,
+                    "ratio_by_step": step_medians[:50]}
         if overall >= self.broken or overall > self.high:
             worst = max(moving, key=moving.get)
             sev = Severity.ERROR if overall >= self.broken else Severity.WARNING
@@ -264,7 +290,8 @@ class UpdateRatio(Check):
                 f"{len(moving)} weight tensors; ~1e-3 is healthy); largest at `{worst}` ({fmt(moving[worst])}). "
                 f"The learning rate is likely too high.",
                 severity=sev, where=obs.params[worst].module, **evidence)
-        elif overall < self.low:
+        elif median(moving.values()) < self.low:
+            overall = median(moving.values())
             worst = min(moving, key=moving.get)
             yield self.finding(
                 f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
