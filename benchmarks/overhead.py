@@ -1,6 +1,6 @@
 """Step-time overhead of nndoctor, measured against plain training in the same run.
 
-    python benchmarks/overhead.py [--steps 200] [--rounds 5] [--device cpu|cuda]
+    python benchmarks/overhead.py [--steps 200] [--rounds 5] [--device cpu|cuda] [--amp] [--compile]
 
 Modes, on a small CNN and an MLP:
   plain            the training loop alone
@@ -9,7 +9,9 @@ Modes, on a small CNN and an MLP:
   watch-every-step `Doctor(..., sample_every=1)` (what `nndoctor check` uses)
   detect_anomaly   inside `torch.autograd.detect_anomaly()` (the built-in alternative)
 
-Rounds interleave the modes (plain, watch, ..., plain, watch, ...) so machine noise hits
+--amp trains under torch.autocast (bf16 on CPU; fp16 + GradScaler on CUDA); --compile
+wraps the model in torch.compile (watch() entered before the first compiled call, as the
+README says). Rounds interleave the modes (plain, watch, ..., plain, watch, ...) so machine noise hits
 them alike; the figure per mode is the median of its rounds' mean step times, and the
 ratio is against `plain` of the same run. Target: watch <= 1.05x plain on the CNN.
 """
@@ -44,11 +46,14 @@ def mlp():
     ), (128, 256)
 
 
-def run(model_fn, mode: str, steps: int, device: str) -> float:
+def run(model_fn, mode: str, steps: int, device: str, amp: bool = False, compile_: bool = False) -> float:
     torch.manual_seed(0)
     model, shape = model_fn()
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    fwd = torch.compile(model) if compile_ else model
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device) if amp and device == "cuda" else None
     crit = nn.CrossEntropyLoss()
     xs = torch.randn(8, *shape, device=device)
     ys = torch.randint(0, 10, (8, shape[0]), device=device)
@@ -68,9 +73,16 @@ def run(model_fn, mode: str, steps: int, device: str) -> float:
 
     def step(i):
         opt.zero_grad(set_to_none=True)
-        loss = crit(model(xs[i % 8]), ys[i % 8])
-        loss.backward()
-        opt.step()
+        with torch.autocast(device, dtype=dtype, enabled=amp):
+            out = fwd(xs[i % 8])
+        loss = crit(out.float(), ys[i % 8])
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
 
     with ctx:
         for i in range(5):  # warm-up, not timed (the first dense steps are sampled)
@@ -93,19 +105,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", default="cnn,mlp")
+    ap.add_argument("--amp", action="store_true", help="autocast (bf16 on CPU, fp16 + GradScaler on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = ap.parse_args()
     modes = ["plain", "watch", "watch+logdir", "watch-every-step", "detect_anomaly"]
     import warnings
 
     warnings.filterwarnings("ignore", message=".*Anomaly Detection.*")
+    if args.compile:
+        modes.remove("detect_anomaly")  # not supported under dynamo
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{args.steps} timed steps x {args.rounds} interleaved rounds")
+          f"{args.steps} timed steps x {args.rounds} interleaved rounds"
+          + (", autocast" if args.amp else "") + (", torch.compile" if args.compile else ""))
     for name in args.models.split(","):
         model_fn = {"cnn": cnn, "mlp": mlp}[name]
         times = {m: [] for m in modes}
         for _ in range(args.rounds):
             for m in modes:
-                times[m].append(run(model_fn, m, args.steps, args.device))
+                times[m].append(run(model_fn, m, args.steps, args.device, args.amp, args.compile))
         base = statistics.median(times["plain"])
         print(f"\n{name}")
         print(f"  {'mode':18s} {'ms/step':>9s} {'x plain':>8s}")

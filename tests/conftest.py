@@ -41,6 +41,16 @@ def live_hooks(model: torch.nn.Module) -> int:
     return n
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread for the whole suite: on 2-core CI boxes (with subprocess tests
+    beside us) it is several times faster for these small models than the default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def leak_guard():
     before = global_hook_counts()

@@ -28,7 +28,6 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 
 from nndoctor._report import Severity
 from nndoctor._runner import Outcome, run_script
@@ -158,14 +157,6 @@ def _params(test: str):
         marks = [pytest.mark.xfail(strict=True, reason=f"known nndoctor misfire: {known[1]}")] if known and known[0] == test else []
         out.append(pytest.param(cell, id=cell.id, marks=marks))
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # several times faster on small CPU boxes
-    yield
-    torch.set_num_threads(before)
 
 
 _RUNS: dict[str, object] = {}

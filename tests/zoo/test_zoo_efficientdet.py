@@ -19,15 +19,6 @@ from nndoctor.zoo.efficientdet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-core CI boxes shared with other jobs: one intra-op thread is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_compound_scaling_table_matches_the_official_configs():
     # google/automl hparams_config.efficientdet_model_param_dict (the implemented table)
     expected = {

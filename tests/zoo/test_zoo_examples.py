@@ -37,14 +37,6 @@ SCRIPTS = {
 AUTOENCODER_TASKS = ("denoising", "context", "split-brain")  # colorization is in SCRIPTS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_table_covers_every_example_script():
     assert sorted(p.name for p in EXAMPLES.glob("zoo_*.py")) == sorted(SCRIPTS)
 

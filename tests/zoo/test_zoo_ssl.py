@@ -9,15 +9,6 @@ from nndoctor.zoo import colorization, context_ae, counting, create_model, deepc
 from nndoctor.zoo.linear_eval import LinearProbe, linear_eval_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-core CI boxes shared with other jobs: one intra-op thread is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- rotation
 
 

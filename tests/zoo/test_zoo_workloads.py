@@ -15,15 +15,6 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-core CI boxes shared with other jobs: one intra-op thread is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _shapes(x):
     if torch.is_tensor(x):
         return tuple(x.shape)

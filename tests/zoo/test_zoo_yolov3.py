@@ -10,15 +10,6 @@ from nndoctor.zoo import create_loss, create_model
 from nndoctor.zoo.yolov3 import COCO_ANCHORS, YOLOv3Loss, build_targets, decode_outputs, non_max_suppression
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2-core CI boxes shared with other jobs: one intra-op thread is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_full_size_outputs_at_416_are_13_26_52_maps_of_255_channels_and_10647_boxes():
     with torch.device("meta"):
         model = create_model("yolov3")  # C = 80, 416 px

@@ -1,0 +1,108 @@
+"""Oracle twins: every observed number against a naive computation on a tiny model
+(explicit intermediate outputs, .grad, parameter copies), float64 where it matters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from nndoctor import Doctor
+from nndoctor._observe import analyse_loss_graph
+
+
+def one_step(model, x, y, opt, loss_fn=F.cross_entropy):
+    opt.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def test_activation_gradient_update_statistics_match_naive_computation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    # the naive twin: outputs of every layer, gradients and weights before/after
+    h0 = model[0](x)
+    h1 = model[1](h0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        loss = one_step(model, x, y, opt)
+    grads_expected = {}
+    ref = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref.load_state_dict(before)
+    F.cross_entropy(ref(x), y).backward()
+    grads_expected = {n: p.grad.norm().item() for n, p in ref.named_parameters()}
+    rec = doctor.observations.steps[0]
+    acts = {a.path: a for a in rec.activations}
+    for path, h in (("0", h0), ("1", h1)):
+        assert acts[path].mean == pytest.approx(h.mean().item(), rel=1e-5, abs=1e-6)
+        assert acts[path].std == pytest.approx(h.std(unbiased=False).item(), rel=1e-5)
+    assert rec.loss == pytest.approx(loss.item(), rel=1e-6)
+    for n, g in grads_expected.items():
+        assert rec.grad_norms[n] == pytest.approx(g, rel=1e-5)
+    assert rec.grad_total == pytest.approx(math.sqrt(sum(g * g for g in grads_expected.values())), rel=1e-5)
+    for n, p in model.named_parameters():
+        assert rec.update_norms[n] == pytest.approx((p.detach() - before[n]).norm().item(), rel=1e-5)
+        assert rec.weight_norms[n] == pytest.approx(before[n].norm().item(), rel=1e-5)
+    assert rec.input.mean == pytest.approx(x.mean().item(), rel=1e-5)
+    assert rec.input.min == pytest.approx(x.min().item()) and rec.input.max == pytest.approx(x.max().item())
+    assert rec.labels.counts == {0: 3, 1: 3, 2: 2}
+    sat = ((h1.abs() > 0.995).double().mean()).item()
+    assert acts["1"].saturated_fraction == pytest.approx(sat)
+
+
+def test_update_ratio_of_a_large_tensor_is_estimated_from_a_subset():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 256), torch.randint(0, 4, (32,))
+    before = model[0].weight.detach().clone()
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        one_step(model, x, y, opt)
+    rec = doctor.observations.steps[0]
+    exact_update = (model[0].weight.detach() - before).norm().item()
+    assert model[0].weight.numel() > 4096  # really the subset path
+    assert rec.update_norms["0.weight"] == pytest.approx(exact_update, rel=0.05)
+    assert rec.weight_norms["0.weight"] == pytest.approx(before.norm().item(), rel=0.05)
+
+
+def test_dead_units_counted_per_channel():
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.copy_(torch.tensor([0.0, 0.0, -100.0, -100.0]))  # channels 2, 3 dead
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        for _ in range(3):
+            one_step(model, torch.rand(8, 1, 3, 3) + 0.1, torch.randint(0, 2, (8,)), opt)
+    units = doctor.observations.relu_units["1"]
+    assert units == {"units": 4, "dead": 2, "samples": 3 * 8 * 9}
+
+
+@pytest.mark.parametrize("build, kind, fed_by", [
+    (lambda x, y: F.cross_entropy(x, y), "cross_entropy", "log_softmax"),
+    (lambda x, y: nn.CrossEntropyLoss(label_smoothing=0.1)(x, y), "cross_entropy", "log_softmax"),
+    (lambda x, y: F.nll_loss(F.log_softmax(x.softmax(1), 1), y), "cross_entropy", "softmax"),
+    (lambda x, y: F.nll_loss(x, y), "nll", "logits"),
+    (lambda x, y: F.nll_loss(torch.log(x.softmax(1)), y), "nll", "log_of_softmax"),
+    (lambda x, y: F.binary_cross_entropy_with_logits(x.sigmoid(), F.one_hot(y, 3).float()), "bce_logits", "sigmoid"),
+    (lambda x, y: F.mse_loss(x, F.one_hot(y, 3).float()), "mse", None),
+    (lambda x, y: -(F.one_hot(y, 3).float() * torch.log_softmax(x.softmax(1), 1)).sum(1).mean(), "soft_cross_entropy", "softmax"),
+    (lambda x, y: (x ** 2).mean(), "other", None),
+])
+def test_loss_graph_recognises_how_the_loss_was_computed(build, kind, fed_by):
+    x = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    graph, _ = analyse_loss_graph(build(x, y))
+    assert graph.kind == kind and graph.fed_by == fed_by
+    if kind in ("cross_entropy", "nll"):
+        assert graph.n_classes == 3 and graph.reduction == "mean"
