@@ -683,9 +683,9 @@ def _run_experiments(
     optimizer = session.optimizer
     if optimizer is None and doctor.model is not None:
         optimizer = _stand_in_sgd(doctor, session)
-    with torch.enable_grad():
+    with torch.enable_grad(), _weights_at_start(doctor.model, session):
         checkup = _experiments.run_checkup(
-            _model_at_start(doctor.model, session), (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
+            doctor.model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
             select=select, ignore=ignore_ids, thresholds=thresholds,
         )
     merged = report.merge(checkup)
@@ -693,23 +693,32 @@ def _run_experiments(
     return merged, "ran"
 
 
-def _model_at_start(model: nn.Module, session: _Session) -> nn.Module:
-    """A copy of the model with the weights it had at the first watched step: after a few
-    steps at a too-high learning rate the weights may be wrecked, and the experiments
-    (LR sweep first of all) must judge the training setup, not the wreckage."""
+@contextlib.contextmanager
+def _weights_at_start(model: nn.Module, session: _Session) -> Any:
+    """The model with the weights it had at the first watched step, for the duration of
+    the experiments (then put back): after a few steps at a too-high learning rate the
+    weights may be wrecked, and the experiments (the LR sweep first of all) must judge
+    the training setup, not the wreckage. The model itself is used, not a copy, so that
+    the script's optimizer still maps onto its parameters (the experiments copy both)."""
     state = session.initial_state
     if not state:
-        return model
+        yield
+        return
     if all(k.startswith("module.") for k in state):  # captured on a DDP/DataParallel wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
+    now = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        start = copy.deepcopy(model)
-        start.load_state_dict(state)
+        model.load_state_dict(state)
     except Exception as exc:  # an unusual model: judge it as it is now, and say so
         session.notes.append(f"the experiments use the weights after the watched steps "
                              f"(restoring the first step's weights failed: {exc!r})")
-        return model
-    return start
+        model.load_state_dict(now)
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.load_state_dict(now)
 
 
 def infer_sgd_lr(obs: Any) -> float | None:
