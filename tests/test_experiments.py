@@ -282,7 +282,9 @@ def test_random_input_fires_when_the_data_is_all_zeros():
 def test_random_input_warns_when_labels_are_shuffled_apart_from_inputs():
     x, y = blobs(64, shuffle_labels=True)
     model = mlp()
-    report = run_checkup(model, (x, y), optimizer=adam(model), select=["random-input-loss", "overfit-tiny-batch"])
+    # 32 training + 32 held-out samples: fewer held-out samples only give an info note
+    report = run_checkup(model, (x, y), optimizer=adam(model), select=["random-input-loss", "overfit-tiny-batch"],
+                         random_input_samples=32)
     (finding,) = report.by_check("random-input-loss")
     assert finding.severity is Severity.WARNING
     assert "held-out" in finding.message and finding.evidence["holdout_gain"] < 0.05

@@ -358,7 +358,7 @@ class RandomInputLoss(Check):
         ),
         Threshold(
             "min_holdout_samples",
-            16,
+            32,
             "held-out samples needed for the held-out comparison to be a warning; with fewer it "
             "is reported as info (a handful of samples decides little)",
             "samples",

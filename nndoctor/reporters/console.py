@@ -61,8 +61,9 @@ def render_report(report: Report, *, verbose: bool = False) -> Group:
         for s in report.checks_skipped:
             table.add_row(s["check"], s["reason"])
         parts.append(table)
-    elif report.checks_skipped:
-        parts.append(Text("Skipped: " + ", ".join(s["check"] for s in report.checks_skipped)
+    elif [s for s in report.checks_skipped if s["reason"] != "not a distributed run"]:
+        shown = [s["check"] for s in report.checks_skipped if s["reason"] != "not a distributed run"]
+        parts.append(Text("Skipped: " + ", ".join(shown)
                           + " (details in the JSON report, or with --verbose)", style="dim"))
     for note in report.notes:
         parts.append(Text(f"note: {note}", style="dim yellow"))
