@@ -9,6 +9,7 @@ timed again inside ``with Doctor(model, optimizer=opt).watch():`` and the overhe
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -25,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup untimed ones)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps (>= the Doctor's 4 dense sampled steps)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved plain/doctor rounds; the median is reported")
     p.add_argument("--no-doctor", action="store_true", help="measure the plain loop only")
     return p.parse_args(argv)
 
@@ -80,15 +82,25 @@ def main(argv=None):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         params = sum(p.numel() for p in model.parameters())
 
-        plain = time_loop(model, loss_fn, optimizer, inputs, targets, args.steps, args.warmup, device)
+        # Plain and watched runs alternate (plain, doctor, plain, doctor, ...) so that machine
+        # noise hits both alike; each figure is the median over the rounds.
+        plains, watcheds, failure = [], [], None
+        for _ in range(max(1, args.rounds)):
+            plains.append(time_loop(model, loss_fn, optimizer, inputs, targets, args.steps, args.warmup, device))
+            if Doctor is not None and failure is None:
+                try:
+                    with Doctor(model, optimizer=optimizer).watch():
+                        watcheds.append(time_loop(model, loss_fn, optimizer, inputs, targets, args.steps,
+                                                  args.warmup, device))
+                except Exception as exc:
+                    failure = f"  doctor failed: {type(exc).__name__}: {exc}"
+        plain = statistics.median(plains)
         row = f"{name:24s} {params:11,d} {args.batch_size / plain:12.1f}"
-        if Doctor is not None:
-            try:
-                with Doctor(model, optimizer=optimizer).watch():
-                    watched = time_loop(model, loss_fn, optimizer, inputs, targets, args.steps, args.warmup, device)
-                row += f" {args.batch_size / watched:13.1f} {100 * (watched / plain - 1):8.1f}%"
-            except Exception as exc:
-                row += f"  doctor failed: {type(exc).__name__}: {exc}"
+        if failure:
+            row += failure
+        elif watcheds:
+            watched = statistics.median(watcheds)
+            row += f" {args.batch_size / watched:13.1f} {100 * (watched / plain - 1):8.1f}%"
         print(row, flush=True)
 
 
