@@ -84,7 +84,7 @@ def categorize(module: nn.Module) -> str:
         return "activation"
     if isinstance(module, nn.modules.loss._Loss):
         return "loss"
-    if isinstance(module, (nn.RNNBase,)):
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
         return "recurrent"
     if isinstance(module, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                            nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,

@@ -277,7 +277,7 @@ ROWS = [
     Row("input-normalization", "at-threshold", lambda: inputs(10.0, 10.0, -20.0, 40.0), False),
     Row("label-distribution", "fires-out-of-range", lambda: labels([{0: 10, 7: 6}] * 4), True, "error"),
     Row("label-distribution", "fires-single-class-batches", lambda: labels([{0: 16}, {0: 16}, {1: 16}, {1: 16}]), True, "warning"),
-    Row("label-distribution", "fires-imbalance", lambda: labels([{0: 30, 1: 2}] * 6), True, "warning"),
+    Row("label-distribution", "fires-imbalance-as-info", lambda: labels([{0: 30, 1: 2}] * 6), True, "info"),
     Row("label-distribution", "silent", lambda: labels([{0: 4, 1: 4, 2: 4, 3: 4}] * 4), False),
     Row("label-distribution", "at-threshold", lambda: labels([{0: 20, 1: 2, 2: 2, 3: 2}] * 4), False),
     Row("repeated-batch", "fires", lambda: repeated(4), True, "warning"),

@@ -105,7 +105,8 @@ class LabelDistribution(Check):
     - For real imbalance: class weights in the loss, or a weighted sampler.
 
     ## Known false positives
-    - Genuinely imbalanced tasks (the check reports, the imbalance may be intended).
+    - Genuinely imbalanced tasks, e.g. next-token prediction, where letter or word
+      frequencies are naturally skewed: imbalance alone is therefore reported as info.
     - Very small batches, where a single class per batch happens by chance.
 
     ## Example
@@ -169,8 +170,11 @@ class LabelDistribution(Check):
             if ratio > self.max_imbalance and n >= 10 * len(total):
                 yield self.finding(
                     f"Class imbalance: the most frequent class has {ratio:.0f}x the samples of the least "
-                    f"frequent ({most} vs {least} of {n} labels).",
-                    severity=Severity.WARNING, imbalance=ratio, counts=total, n_labels=n)
+                    f"frequent ({most} vs {least} of {n} labels). Often inherent to the task (token "
+                    f"frequencies in language modelling); worth a look for a classification data set.",
+                    severity=Severity.INFO, imbalance=ratio, counts=total, n_labels=n,
+                    fix="If the imbalance is not inherent to the task: class weights in the loss "
+                        "(CrossEntropyLoss(weight=...)) or a WeightedRandomSampler; judge with per-class metrics.")
 
 
 class RepeatedBatch(Check):

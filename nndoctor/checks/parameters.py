@@ -232,6 +232,8 @@ class UpdateRatio(Check):
     - Adam's first steps update every weight by about the learning rate, so tiny
       layers with a small init show large ratios early; the band is wide (1e-6 to 1e-1).
     - Biases and norm parameters (zero-initialised) are not judged.
+    - Weights initialised near zero (e.g. a tiny linear regression) change by a large
+      share of their norm in the first updates, then settle.
 
     ## Example
     SGD with lr=10 on a default-initialised MLP: each step changes the weights by more
@@ -285,9 +287,13 @@ class UpdateRatio(Check):
         if overall >= self.broken or overall > self.high:
             worst = max(moving, key=moving.get)
             sev = Severity.ERROR if overall >= self.broken else Severity.WARNING
+            whole = median(moving.values())
+            when = (f"over the first {min(len(step_medians), int(self.early_updates))} measured updates "
+                    f"(median over all {len(step_medians)}: {fmt(whole)})" if early > whole else
+                    f"median over {len(moving)} weight tensors and {len(step_medians)} updates")
             yield self.finding(
-                f"Each update changes the weights by {fmt(overall)} of their norm (median over "
-                f"{len(moving)} weight tensors; ~1e-3 is healthy); largest at `{worst}` ({fmt(moving[worst])}). "
+                f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy); "
+                f"the most-changed tensor is `{worst}` ({fmt(moving[worst])} over all updates). "
                 f"The learning rate is likely too high.",
                 severity=sev, where=obs.params[worst].module, **evidence)
         elif median(moving.values()) < self.low:
