@@ -128,6 +128,9 @@ class StepRecord:
     output_shape: tuple[int, ...] | None = None
     bn_batch_one: list[str] = field(default_factory=list)
     lr: float | None = None
+    # hand-written updates: weight norms and gradient norm at the first backward (sampled)
+    weight_fingerprint: list[float] | None = None
+    grad_before_backward: float | None = None
     # AMP: the GradScaler found inf/NaN gradients and skipped the optimizer step
     skipped: bool = False
     loss_scale: float | None = None

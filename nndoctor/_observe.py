@@ -1135,8 +1135,30 @@ class Recorder:
                     self._pending.add(total, stale_sink)
                 else:
                     cur.stale_grad_norm = 0.0
+            elif not self._optimizer_mode and self._backwards_in_step == 1:
+                # Hand-written updates through `p.data` do not bump version counters:
+                # fingerprint the weights (one norm per tensor) and the gradients already
+                # present; whether the weights changed since the previous step's backward
+                # is decided on the host at the end (see _finalize).
+                self._fingerprint_for_stale_grads(cur)
         except Exception as exc:
             self._observer_failed("backward pre", exc)
+
+    def _fingerprint_for_stale_grads(self, cur: StepRecord) -> None:
+        weights = [p.detach() for _, p in self._params if p.requires_grad and p.is_floating_point()]
+        if not weights:
+            return
+        grads = [p.grad.detach() for _, p in self._params if p.grad is not None and p.requires_grad]
+        with torch.no_grad():
+            fp = torch.stack(torch._foreach_norm(weights)).float()
+            g = (torch.stack(torch._foreach_norm(grads)).float().norm().reshape(1) if grads
+                 else torch.zeros(1, device=fp.device))
+            vec = torch.cat([g, fp])
+
+        def sink(v: list[float], cur: StepRecord = cur) -> None:
+            cur.grad_before_backward, cur.weight_fingerprint = v[0], v[1:]
+
+        self._pending.add(vec, sink)
 
     def after_backward(self, tensors: Any) -> None:
         try:
@@ -1323,6 +1345,15 @@ class Recorder:
                 }
             self._relu_active.clear()
         obs.unregistered_modules = list(self._unregistered.values())
+        # Stale gradients under hand-written `p.data` updates: the weights changed between
+        # two consecutive steps' backwards, and gradients were already there.
+        by_step = {r.step: r for r in obs.steps}
+        for rec in obs.steps:
+            prev = by_step.get(rec.step - 1)
+            if (rec.stale_grad_norm is None and rec.weight_fingerprint is not None and prev is not None
+                    and prev.weight_fingerprint is not None and rec.weight_fingerprint != prev.weight_fingerprint):
+                rec.stale_grad_norm = rec.grad_before_backward
+                obs.updates_seen += 1
         # Non-finite events, in step order.
         obs.nonfinite = find_nonfinite(obs)
         # Which parameters never changed over the watched update steps.

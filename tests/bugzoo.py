@@ -80,6 +80,8 @@ class Case:
     healthy: bool = False
     steps: int = 30
     allow: set[str] = field(default_factory=set)  # healthy: warnings tolerated (documented)
+    # steps nndoctor counts: without an optimizer every backward is a step (by design)
+    steps_counted: int | None = None
 
 
 def run_case(case: Case, **doctor_kwargs) -> Report:
@@ -323,6 +325,54 @@ def b_manual_sgd_no_zero():
     return Setup(model, step)
 
 
+def b_manual_data_update_no_zero():
+    """pytorch/examples-style regression: updates through `p.data` (no version bump)."""
+    x, y = teacher_data()
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        for p in model.parameters():
+            p.data.add_(-0.05 * p.grad)  # the bug: p.grad is never reset
+
+    return Setup(model, step)
+
+
+def h_manual_data_update():
+    x, y = teacher_data()
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        model.zero_grad()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        for p in model.parameters():
+            p.data.add_(-0.05 * p.grad)
+
+    return Setup(model, step)
+
+
+def h_manual_data_accumulation():
+    x, y = teacher_data()
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):  # two backwards (accumulation), then one `.data` update
+        model.zero_grad()
+        for _ in range(2):
+            idx = torch.randint(0, 512, (16,), generator=gen)
+            (F.cross_entropy(model(x[idx]), y[idx]) / 2).backward()
+        for p in model.parameters():
+            p.data.add_(-0.05 * p.grad)
+
+    return Setup(model, step)
+
+
 def b_bn_batch_of_one():
     x, y = image_data()
     model = SmallCNN()
@@ -384,6 +434,7 @@ BUGS = [
     Case("learning-rate-zero", b_lr_zero, {"frozen-layer", "loss-not-decreasing"}),
     Case("softmax-into-soft-target-cross-entropy", b_softmax_into_soft_target_ce, {"loss-input-format"}),
     Case("most-parameters-not-in-optimizer", b_most_params_not_in_optimizer, {"frozen-layer"}),
+    Case("manual-data-update-without-zeroing", b_manual_data_update_no_zero, {"grad-not-zeroed"}),
 ]
 
 
@@ -541,4 +592,6 @@ HEALTHY = [
     Case("manual-sgd-with-zeroing", h_manual_sgd, healthy=True),
     Case("functional-multi-term-loss", h_multi_term_functional, healthy=True),
     Case("linear-probe-no-grad-trunk", h_linear_probe_no_grad_trunk, healthy=True),
+    Case("manual-data-update-with-zeroing", h_manual_data_update, healthy=True),
+    Case("manual-data-update-accumulation", h_manual_data_accumulation, healthy=True, steps_counted=60),
 ]
