@@ -103,6 +103,7 @@ class LossGraph:
     multi_term: bool = False
     reduction: str | None = None
     nodes: list[str] = field(default_factory=list)
+    input_shape: tuple[int, ...] | None = None  # shape of the tensor the library loss was fed
 
 
 @dataclass

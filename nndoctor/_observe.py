@@ -419,6 +419,10 @@ def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGr
     multi = len(anchors) > 1 or reaches_param
     kind, node = anchors[0]
     graph = LossGraph(kind=kind, multi_term=multi, nodes=names)
+    try:
+        graph.input_shape = tuple(int(d) for d in node._saved_self.shape)
+    except Exception:  # not saved by this node type
+        pass
     if kind == "nll":
         feeder = _skip_views(_first_input(node))
         fname = feeder.name() if feeder is not None else None

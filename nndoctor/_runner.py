@@ -196,7 +196,52 @@ def loss_from_graph(kind: str | None) -> Callable[..., torch.Tensor] | None:
         "bce_logits": F.binary_cross_entropy_with_logits,
         "bce": F.binary_cross_entropy,
         "mse": F.mse_loss,
+        "smooth_l1": F.smooth_l1_loss,
+        "huber": F.huber_loss,
     }.get(kind or "")
+
+
+class _OutputAdapter(nn.Module):
+    """The model with its output cut down to the tensor its loss is computed from:
+    models that return ``(logits, hidden)`` or ``(logits, loss)``, or whose logits the
+    script reshapes before the loss (``output.view(-1, ntokens)``). Parameters are the
+    model's own, so the script's optimizer still maps onto them."""
+
+    def __init__(self, model: nn.Module, index: tuple[Any, ...], tail: tuple[int, ...] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.index = index
+        self.tail = tail
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        out = self.model(*args)
+        for key in self.index:
+            out = out[key]
+        if self.tail is not None and tuple(out.shape[1:]) != self.tail:
+            out = out.reshape(-1, *self.tail)
+        return out
+
+
+def _find_loss_input(output: Any, expected: tuple[int, ...]) -> tuple[tuple[Any, ...], tuple[int, ...] | None] | None:
+    """Where in the model's output the loss input is, and the reshape it needs: the first
+    floating-point tensor with as many elements as the tensor the loss was fed."""
+    want = math.prod(expected)
+
+    def walk(obj: Any, path: tuple[Any, ...], depth: int) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and obj.numel() == want:
+                return path, (None if tuple(obj.shape) == tuple(expected) else tuple(expected[1:]))
+            return None
+        if depth > 3:
+            return None
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else ()
+        for key, value in items:
+            found = walk(value, (*path, key), depth + 1)
+            if found is not None:
+                return found
+        return None
+
+    return walk(output, (), 0)
 
 
 # --------------------------------------------------------------------------------------
@@ -669,6 +714,35 @@ def _run_experiments(
     if target is None:
         return skipped("the loss target could not be captured from the loss graph")
     inputs = args[0] if len(args) == 1 else tuple(args)
+    # A model whose output is a tuple/dict, or whose logits the script reshapes before the
+    # loss: the experiments train an adapter that yields exactly what the loss was fed.
+    experiment_model: nn.Module = doctor.model
+    expected = getattr(graph, "input_shape", None)
+    if expected:
+        located = _locate_loss_input(session, inputs, expected)
+        if located is None:
+            return skipped(f"the tensor the loss was fed (shape {tuple(expected)}) was not found in the "
+                           f"model's output; use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        index, tail = located
+        lead = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 else None
+        if (tail is not None and isinstance(target, torch.Tensor) and target.dim() == 1 and lead
+                and target.numel() != lead and target.numel() % lead == 0):
+            # The script flattened (batch, positions) targets along with the logits: keep the
+            # leading dimension so the experiments can take sub-batches of inputs and
+            # targets alike; the loss flattens them again.
+            target = target.reshape(lead, -1)
+            flat_loss = loss_fn
+
+            def loss_fn(output: Any, t: Any, _loss: Any = flat_loss) -> torch.Tensor:
+                return _loss(output, t.reshape(-1))
+
+        if index or tail is not None:
+            experiment_model = _OutputAdapter(doctor.model, index, tail)
+            session.notes.append(
+                "the experiments train the model with its output reduced to the loss's input"
+                + (f" (output{''.join(f'[{k!r}]' for k in index)})" if index else "")
+                + (f", reshaped to (-1, {', '.join(map(str, tail))})" if tail is not None else ""))
+            loss_fn = _adapted_loss(loss_fn, index, tail)
     # The rebuilt loss must give the script's own step-0 loss on the step-0 weights and
     # inputs; anything between the model's output and the loss (a log, a scale, a mask)
     # would make the experiments judge a different objective.
@@ -681,13 +755,23 @@ def _run_experiments(
         return skipped("the experiments module is not available in this install")
     ignore_ids = [*(_split(ignore)), "chance-level-loss"]
     optimizer = session.optimizer
+    stand_in = False
     if optimizer is None and doctor.model is not None:
         optimizer = _stand_in_sgd(doctor, session)
+        stand_in = optimizer is None  # a hand-written rule that is not plain SGD
+    if stand_in:
+        # The LR sweep judges *your* learning rate; with an update rule nndoctor could not
+        # identify it would judge a stand-in optimizer instead.
+        ignore_ids.append("lr-sweep")
+    if experiment_model is not doctor.model:
+        loss_fn = getattr(loss_fn, "plain", loss_fn)  # the adapter model already selects/reshapes
     with torch.enable_grad(), _weights_at_start(doctor.model, session):
         checkup = _experiments.run_checkup(
-            doctor.model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
+            experiment_model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
             select=select, ignore=ignore_ids, thresholds=thresholds,
         )
+    if stand_in:
+        checkup = _as_stand_in(checkup)
     merged = report.merge(checkup)
     merged.experiments = {**report.experiments, **checkup.experiments}
     return merged, "ran"
@@ -765,6 +849,58 @@ def _graph_of_first_step(doctor: Doctor) -> Any:
     if obs is None:
         return None
     return next((s.loss_graph for s in obs.steps if s.loss_graph is not None), None)
+
+
+def _as_stand_in(checkup: Report) -> Report:
+    """Experiments trained with a stand-in optimizer (the script's hand-written update
+    rule is not plain SGD): their verdicts are at most warnings, and say so."""
+    from ._report import Severity
+
+    for f in checkup.findings:
+        if f.severity is Severity.ERROR:
+            f.severity = Severity.WARNING
+        f.message = ("(trained with a stand-in optimizer, Adam lr=1e-3: the script's own update rule "
+                     "is hand-written and not plain SGD) " + f.message)
+    if not any(s["check"] == "lr-sweep" for s in checkup.checks_skipped) and "lr-sweep" not in checkup.checks_run:
+        checkup.checks_skipped.append({
+            "check": "lr-sweep",
+            "reason": "the script updates weights by hand with a rule that is not plain SGD (momentum, "
+                      "clipping...), so there is no learning rate of yours to sweep; use torch.optim, or "
+                      "doctor.checkup(..., optimizer=...) in Python"})
+    checkup.sort()
+    return checkup
+
+
+def _adapted_loss(loss_fn: Callable[..., Any], index: tuple[Any, ...], tail: tuple[int, ...] | None) -> Callable[..., Any]:
+    """``loss_fn`` applied to the loss input found in a full model output (for checking
+    the rebuilt loss against the script's own); ``.plain`` is the loss itself."""
+
+    def adapted(output: Any, target: Any) -> torch.Tensor:
+        for key in index:
+            output = output[key]
+        if tail is not None and tuple(output.shape[1:]) != tail:
+            output = output.reshape(-1, *tail)
+        return loss_fn(output, target)
+
+    adapted.plain = loss_fn  # type: ignore[attr-defined]
+    return adapted
+
+
+def _locate_loss_input(session: _Session, inputs: Any, expected: tuple[int, ...]) -> Any:
+    """Run the model once (on a copy with its step-0 weights) and find the loss input."""
+    model = session.model
+    if model is None:
+        return None
+    try:
+        clone = copy.deepcopy(model)
+        if session.initial_state is not None:
+            clone.load_state_dict(session.initial_state)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+        del clone
+    except Exception:
+        return None
+    return _find_loss_input(out, tuple(expected))
 
 
 def _verify_loss(session: _Session, inputs: Any, target: Any, loss_fn: Callable[..., Any],
