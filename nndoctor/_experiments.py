@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import time
 import math
 import random
 from typing import Any, Callable, Iterator
@@ -72,6 +73,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "gradcheck_full_max_elements": 1024,
     "gradcheck_max_tensors": 200,
     "thresholds": None,
+    # Seconds for all the probes together; checked between probes (a probe is never cut
+    # short). The probes not started in time are skipped with the reason. None: no limit.
+    "time_budget": None,
 }
 
 # `torch.autograd.gradcheck` is the function; its module holds the error class.
@@ -143,7 +147,15 @@ def run_checkup(
             probes.append(("lr_range", lambda: _probe_lr_range(ctx)))
         if GradientCheck.id in checks:
             probes.append(("gradcheck", lambda: _probe_gradcheck(ctx, checks[GradientCheck.id])))
+        started = time.monotonic()
+        budget = opts.get("time_budget")
         for key, probe in probes:
+            if budget is not None and time.monotonic() - started > budget:
+                obs.experiments[key] = {
+                    "skipped": f"the experiments' time budget ({budget:g} s) ran out before this one "
+                               f"started; raise it (nndoctor check --timeout, or time_budget=...)",
+                }
+                continue
             torch.manual_seed(ctx.seed)
             try:
                 obs.experiments[key] = probe()

@@ -769,6 +769,7 @@ def _run_experiments(
         checkup = _experiments.run_checkup(
             experiment_model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
             select=select, ignore=ignore_ids, thresholds=thresholds,
+            time_budget=session.timeout if math.isfinite(session.timeout) else None,
         )
     if stand_in:
         checkup = _as_stand_in(checkup)

@@ -207,8 +207,8 @@ def check(
                                                help="text: the console report; json: the JSON report on "
                                                     "stdout and nothing else."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0,
-                                  help="Wall-clock budget in seconds for the script to produce the steps "
-                                       "(0: none)."),
+                                  help="Wall-clock budget in seconds for the script to produce the steps, "
+                                       "and again for the experiments (0: none)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show what happens, skipped checks' "
                                  "reasons and full tracebacks."),
 ) -> None:

@@ -722,3 +722,12 @@ def test_check_classes_follow_the_unit_rules():
         assert list(cls.sections()) == list(SECTIONS), cls
         assert cls.kind == "experiment" and cls.citations
         assert all(t.meaning for t in cls.thresholds)
+
+
+def test_time_budget_skips_the_probes_not_started_in_time():
+    x, y = blobs(32)
+    model = mlp()
+    report = run_checkup(model, (x, y), optimizer=adam(model), time_budget=0.0)
+    reasons = {s["check"]: s["reason"] for s in report.checks_skipped}
+    # the first probe starts (the budget is checked between probes), the rest are skipped
+    assert "time budget" in reasons["gradient-check"] and "time budget" in reasons["lr-sweep"]
