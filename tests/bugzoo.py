@@ -309,52 +309,38 @@ def b_nan_in_forward_layer():
     return classic(model=SqrtNet())
 
 
-def b_manual_sgd_no_zero():
+def manual_loop(update, *, zero_grad: bool) -> Setup:
+    """A loop without torch.optim: `update(p)` changes each parameter by hand."""
     x, y = teacher_data()
     model = mlp()
     gen = torch.Generator().manual_seed(1)
 
     def step(i):
         idx = torch.randint(0, 512, (32,), generator=gen)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
+        if zero_grad:
+            model.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
         with torch.no_grad():
             for p in model.parameters():
-                p -= 0.05 * p.grad  # the bug: p.grad is never reset
+                update(p)
 
     return Setup(model, step)
+
+
+def b_manual_sgd_no_zero():
+    def update(p):
+        p -= 0.05 * p.grad  # the bug: p.grad is never reset
+
+    return manual_loop(update, zero_grad=False)
 
 
 def b_manual_data_update_no_zero():
     """pytorch/examples-style regression: updates through `p.data` (no version bump)."""
-    x, y = teacher_data()
-    model = mlp()
-    gen = torch.Generator().manual_seed(1)
-
-    def step(i):
-        idx = torch.randint(0, 512, (32,), generator=gen)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        for p in model.parameters():
-            p.data.add_(-0.05 * p.grad)  # the bug: p.grad is never reset
-
-    return Setup(model, step)
+    return manual_loop(lambda p: p.data.add_(-0.05 * p.grad), zero_grad=False)
 
 
 def h_manual_data_update():
-    x, y = teacher_data()
-    model = mlp()
-    gen = torch.Generator().manual_seed(1)
-
-    def step(i):
-        idx = torch.randint(0, 512, (32,), generator=gen)
-        model.zero_grad()
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        for p in model.parameters():
-            p.data.add_(-0.05 * p.grad)
-
-    return Setup(model, step)
+    return manual_loop(lambda p: p.data.add_(-0.05 * p.grad), zero_grad=True)
 
 
 def h_manual_data_accumulation():
@@ -524,20 +510,11 @@ def h_transformer():
 
 
 def h_manual_sgd():
-    x, y = teacher_data()
-    model = mlp()
-    gen = torch.Generator().manual_seed(1)
+    def update(p):
+        p -= 0.1 * p.grad
+        p.grad = None
 
-    def step(i):
-        idx = torch.randint(0, 512, (32,), generator=gen)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        with torch.no_grad():
-            for p in model.parameters():
-                p -= 0.1 * p.grad
-                p.grad = None
-
-    return Setup(model, step)
+    return manual_loop(update, zero_grad=False)
 
 
 def h_multi_term_functional():

@@ -21,14 +21,6 @@ from nndoctor._report import Severity
 from nndoctor.checks._base import SECTIONS
 from nndoctor.checks.experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread is faster and, on a shared 2-core box, far steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 MINE = ["overfit-tiny-batch", "random-input-loss", "lr-sweep", "gradient-check"]
 K = 4

@@ -13,14 +13,6 @@ from torch import nn
 
 from nndoctor._experiments import run_checkup
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread is faster and, on a shared 2-core box, far steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ALL = ["chance-level-loss", "overfit-tiny-batch", "random-input-loss", "lr-sweep", "gradient-check"]
 
