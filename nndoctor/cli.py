@@ -263,8 +263,12 @@ def check(
                       f"reporting this rank only[/]", soft_wrap=True)
         else:
             if merged is None:  # not rank 0: rank 0 reports for every rank
+                _release_process_group()
                 raise typer.Exit(int(ExitCode.OK))
             report = merged
+        finally_release = True
+    else:
+        finally_release = False
 
     # Outputs: TensorBoard first (the console report then names the logdir), JSON, console.
     if logdir is not None:
@@ -309,6 +313,8 @@ def check(
         how = "ran to its end" if run.outcome is Outcome.FINISHED else f"called sys.exit({run.exit_code!r})"
         err.print(f"[dim]nndoctor: the script {how} after {run.steps} step(s) (fewer than --steps "
                   f"{steps}); the report covers those.[/]", soft_wrap=True)
+    if finally_release:  # rank 0, after reporting: the other ranks wait at the barrier
+        _release_process_group()
     bar = Severity.parse(fail_on.value).rank
     failing = [f for f in report.findings if f.severity.rank >= bar]
     if failing:
@@ -317,6 +323,24 @@ def check(
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
         raise typer.Exit(int(ExitCode.FINDINGS))
     raise typer.Exit(int(ExitCode.OK))
+
+
+def _release_process_group() -> None:
+    """The stopped script's process group (under torchrun) is ours to close: close it
+    after a barrier, so no rank tears gloo down while another still talks to it."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            import datetime
+
+            try:  # bounded: a rank that left early must not hang the others
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except Exception:
+                pass
+            dist.destroy_process_group()
+    except Exception:  # closing is best effort; the report is already out
+        pass
 
 
 def _print_error(err: Console, run: Any, verbose: bool) -> None:
