@@ -230,9 +230,13 @@ def check(
     redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
     try:
         with redirect, progress:
+            config = _project_config(script)
             run = run_script(
-                script, list(script_args or []), steps=steps, timeout=timeout, select=select,
-                ignore=ignore, experiments=not no_experiments, on_event=progress,
+                script, list(script_args or []), steps=steps, timeout=timeout,
+                select=select if select is not None else config.get("select"),
+                ignore=ignore if ignore is not None else config.get("ignore"),
+                thresholds=config.get("thresholds"),
+                experiments=not no_experiments, on_event=progress,
             )
     except NNDoctorUsageError as exc:
         raise _fail(str(exc)) from None
@@ -323,6 +327,18 @@ def check(
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
         raise typer.Exit(int(ExitCode.FINDINGS))
     raise typer.Exit(int(ExitCode.OK))
+
+
+def _project_config(script: str) -> dict:
+    """``[tool.nndoctor]`` from the pyproject.toml nearest to the script (select, ignore,
+    thresholds); the command-line options win over it."""
+    from ._config import ConfigError, load_config
+    from ._doctor import NNDoctorUsageError
+
+    try:
+        return load_config(Path(script).parent if Path(script).parent.is_dir() else ".")
+    except ConfigError as exc:
+        raise NNDoctorUsageError(str(exc)) from None
 
 
 def _release_process_group() -> None:
