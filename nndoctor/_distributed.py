@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 import weakref
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from ._patching import SharedPatch
 
 from ._report import Finding, Report
 
@@ -117,66 +118,35 @@ class SamplerTracker:
         return [dict(r, iter_epochs=list(r["iter_epochs"])) for r in self._records.values()]
 
 
-class _SamplerPatch:
-    """The class-attribute patch of ``DistributedSampler``, shared by every open tracker
-    and removed with the last one (two Doctors, or two trackers, coexist)."""
+def _install_sampler_patch(patch: SharedPatch) -> list[tuple[Any, str, Any]]:
+    """``DistributedSampler.__iter__`` (an epoch starts) and ``set_epoch``, seen by
+    every open tracker; a tracker never breaks the data loader."""
+    from torch.utils.data.distributed import DistributedSampler
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._trackers: list[SamplerTracker] = []
-        self._originals: dict[str, Any] = {}
+    orig_iter = DistributedSampler.__dict__["__iter__"]
+    orig_set_epoch = DistributedSampler.__dict__["set_epoch"]
 
-    def add(self, tracker: SamplerTracker) -> None:
-        from torch.utils.data.distributed import DistributedSampler
+    def __iter__(sampler: Any) -> Any:
+        for t in patch.listeners:
+            try:
+                t._on_iter(sampler)
+            except Exception:
+                pass
+        return orig_iter(sampler)
 
-        with self._lock:
-            if not self._trackers:
-                orig_iter = DistributedSampler.__dict__["__iter__"]
-                orig_set_epoch = DistributedSampler.__dict__["set_epoch"]
-                patch = self
+    def set_epoch(sampler: Any, epoch: int) -> None:
+        result = orig_set_epoch(sampler, epoch)
+        for t in patch.listeners:
+            try:
+                t._on_set_epoch(sampler)
+            except Exception:
+                pass
+        return result
 
-                def __iter__(sampler: Any) -> Any:
-                    for t in list(patch._trackers):
-                        try:
-                            t._on_iter(sampler)
-                        except Exception:  # a tracker must never break the data loader
-                            pass
-                    return orig_iter(sampler)
-
-                def set_epoch(sampler: Any, epoch: int) -> None:
-                    result = orig_set_epoch(sampler, epoch)
-                    for t in list(patch._trackers):
-                        try:
-                            t._on_set_epoch(sampler)
-                        except Exception:
-                            pass
-                    return result
-
-                __iter__.__wrapped__ = orig_iter  # type: ignore[attr-defined]
-                set_epoch.__wrapped__ = orig_set_epoch  # type: ignore[attr-defined]
-                set_epoch.__doc__ = orig_set_epoch.__doc__
-                self._originals = {"__iter__": orig_iter, "set_epoch": orig_set_epoch}
-                DistributedSampler.__iter__ = __iter__  # type: ignore[method-assign]
-                DistributedSampler.set_epoch = set_epoch  # type: ignore[method-assign]
-            self._trackers.append(tracker)
-
-    def remove(self, tracker: SamplerTracker) -> None:
-        from torch.utils.data.distributed import DistributedSampler
-
-        with self._lock:
-            if tracker in self._trackers:
-                self._trackers.remove(tracker)
-            if not self._trackers and self._originals:
-                for name, original in self._originals.items():
-                    setattr(DistributedSampler, name, original)
-                self._originals = {}
-
-    @property
-    def active(self) -> bool:
-        return bool(self._trackers)
+    return [(DistributedSampler, "__iter__", __iter__), (DistributedSampler, "set_epoch", set_epoch)]
 
 
-_sampler_patch = _SamplerPatch()
+_sampler_patch = SharedPatch(_install_sampler_patch)
 
 
 @contextlib.contextmanager

@@ -167,8 +167,6 @@ class Observations:
     updates_seen: int = 0
     sampled_steps: int = 0
     notes: list[str] = field(default_factory=list)
-    # What was not observed and why (e.g. "no forward call of the model")
-    unobserved: dict[str, str] = field(default_factory=dict)
     experiments: dict[str, Any] = field(default_factory=dict)
 
     @property

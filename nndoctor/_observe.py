@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ._patching import SharedPatch
 from ._observations import (
     ActivationRecord,
     InputRecord,
@@ -111,114 +111,53 @@ def _fan_in(param: torch.Tensor) -> int | None:
 
 
 # --------------------------------------------------------------------------------------
-# The backward interceptor: one patch of torch.autograd.backward, shared and refcounted
+# Process-wide wrappers (installed while a Recorder listens; see _patching.SharedPatch)
 # --------------------------------------------------------------------------------------
-class _BackwardInterceptor:
+def _install_backward(patch: SharedPatch) -> list[tuple[Any, str, Callable[..., Any]]]:
     """``Tensor.backward`` calls ``torch.autograd.backward`` through the module
     attribute, so wrapping that attribute sees every ``loss.backward()`` and
-    ``torch.autograd.backward(loss)`` — whatever code computed the loss. The patch is
-    installed while at least one listener is registered and removed with the last one,
-    so two Doctors coexist and nothing outlives them."""
+    ``torch.autograd.backward(loss)`` — whatever code computed the loss."""
+    original = torch.autograd.backward
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._listeners: list[Any] = []
-        self._original: Callable[..., Any] | None = None
+    def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        listeners = patch.listeners
+        for lst in listeners:
+            lst.before_backward(tensors)
+        result = original(tensors, *args, **kwargs)
+        for lst in listeners:
+            lst.after_backward(tensors)
+        return result
 
-    def add(self, listener: Any) -> None:
-        with self._lock:
-            if not self._listeners:
-                self._original = torch.autograd.backward
-                original = self._original
-                interceptor = self
-
-                def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-                    listeners = list(interceptor._listeners)
-                    for lst in listeners:
-                        lst.before_backward(tensors)
-                    result = original(tensors, *args, **kwargs)
-                    for lst in listeners:
-                        lst.after_backward(tensors)
-                    return result
-
-                backward.__wrapped__ = original  # type: ignore[attr-defined]
-                backward.__doc__ = original.__doc__
-                torch.autograd.backward = backward  # type: ignore[assignment]
-            self._listeners.append(listener)
-
-    def remove(self, listener: Any) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-            if not self._listeners and self._original is not None:
-                torch.autograd.backward = self._original  # type: ignore[assignment]
-                self._original = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self._listeners)
+    return [(torch.autograd, "backward", backward)]
 
 
-backward_interceptor = _BackwardInterceptor()
+def _install_scaler(patch: SharedPatch) -> list[tuple[Any, str, Callable[..., Any]]] | None:
+    """GradScaler.scale (to report the loss unscaled) and GradScaler.update (the end of
+    every AMP step, including the ones whose optimizer step the scaler skipped because
+    of inf/NaN gradients)."""
+    try:
+        from torch.amp.grad_scaler import GradScaler
+    except Exception:  # torch without torch.amp.GradScaler: nothing to intercept
+        return None
+    orig_scale, orig_update = GradScaler.__dict__["scale"], GradScaler.__dict__["update"]
+
+    def scale(scaler: Any, outputs: Any) -> Any:
+        result = orig_scale(scaler, outputs)
+        if isinstance(result, torch.Tensor) and result is not outputs:
+            for lst in patch.listeners:
+                lst.on_scaled(result, scaler)
+        return result
+
+    def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
+        for lst in patch.listeners:
+            lst.on_scaler_update(scaler)
+        return orig_update(scaler, *args, **kwargs)
+
+    return [(GradScaler, "scale", scale), (GradScaler, "update", update)]
 
 
-class _ScalerInterceptor:
-    """Sees GradScaler.scale (to report the loss unscaled) and GradScaler.update (the
-    end of every AMP step, including the ones whose optimizer step the scaler skipped
-    because of inf/NaN gradients). Installed while listeners exist, like the backward
-    interceptor."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._listeners: list[Any] = []
-        self._originals: tuple[Any, Any] | None = None
-
-    @staticmethod
-    def _scaler_class() -> Any:
-        try:
-            from torch.amp.grad_scaler import GradScaler
-        except Exception:  # torch without torch.amp.GradScaler: nothing to intercept
-            return None
-        return GradScaler
-
-    def add(self, listener: Any) -> None:
-        cls = self._scaler_class()
-        if cls is None:
-            return
-        with self._lock:
-            if not self._listeners:
-                orig_scale, orig_update = cls.scale, cls.update
-                interceptor = self
-
-                def scale(scaler: Any, outputs: Any) -> Any:
-                    result = orig_scale(scaler, outputs)
-                    if isinstance(result, torch.Tensor) and result is not outputs:
-                        for lst in list(interceptor._listeners):
-                            lst.on_scaled(result, scaler)
-                    return result
-
-                def update(scaler: Any, *args: Any, **kwargs: Any) -> Any:
-                    for lst in list(interceptor._listeners):
-                        lst.on_scaler_update(scaler)
-                    return orig_update(scaler, *args, **kwargs)
-
-                scale.__wrapped__ = orig_scale  # type: ignore[attr-defined]
-                update.__wrapped__ = orig_update  # type: ignore[attr-defined]
-                cls.scale, cls.update = scale, update
-                self._originals = (orig_scale, orig_update)
-            self._listeners.append(listener)
-
-    def remove(self, listener: Any) -> None:
-        cls = self._scaler_class()
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-            if not self._listeners and self._originals is not None and cls is not None:
-                cls.scale, cls.update = self._originals
-                self._originals = None
-
-
-scaler_interceptor = _ScalerInterceptor()
+backward_interceptor = SharedPatch(_install_backward)
+scaler_interceptor = SharedPatch(_install_scaler)
 
 
 # --------------------------------------------------------------------------------------
@@ -504,7 +443,7 @@ class Recorder:
         self._global_probe: list[Any] = []
         self._unknown_depth = 0
         self._finished_steps: list[StepRecord] = []
-        self._explicit_losses: dict[int, torch.Tensor] = {}
+        self._explicit_losses: set[int] = set()  # steps whose loss came from log_loss()
         self._seen_order: set[str] = set()
         # The first training batch seen (inputs as passed to the model, and the class
         # targets when the loss graph exposes them), cloned once, for the experiments.
@@ -1324,7 +1263,7 @@ class Recorder:
             return
         if isinstance(loss, torch.Tensor):
             value = loss.detach().reshape(-1)[:1].float()
-            self._explicit_losses[cur.step] = value
+            self._explicit_losses.add(cur.step)
 
             def sink(v: list[float], cur: StepRecord = cur) -> None:
                 cur.loss = v[0]
@@ -1332,7 +1271,7 @@ class Recorder:
             self._pending.add(value, sink)
         else:
             cur.loss = float(loss)
-            self._explicit_losses[cur.step] = torch.zeros(())
+            self._explicit_losses.add(cur.step)
 
     # -- finalisation --------------------------------------------------------------------
     def _finalize(self) -> None:
