@@ -297,12 +297,15 @@ def gather_reports(
     *,
     samplers: "SamplerTracker | Sequence[dict[str, Any]] | None" = None,
     thresholds: dict[str, dict[str, float]] | None = None,
+    checks: Any = None,
     group: Any = None,
     dst: int = 0,
 ) -> Report | None:
     """Call on EVERY rank, at the same point (it is a collective). ``report`` is this
-    rank's ``Report``, or the ``Doctor`` itself (then its report, model and thresholds
-    are used). Rank ``dst`` returns the merged ``Report``; the other ranks return None.
+    rank's ``Report``, or the ``Doctor`` itself (then its report, model and check set
+    are used). ``checks``: the ``CheckSet`` whose DDP checks judge the gathered facts
+    (``nndoctor check`` passes its own; ``thresholds`` is the older way to give their
+    thresholds). Rank ``dst`` returns the merged ``Report``; the other ranks return None.
     Without an initialised process group, returns ``report`` unchanged (a Doctor's
     report, when given a Doctor)."""
     doctor = None
@@ -310,7 +313,8 @@ def gather_reports(
         doctor = report
         report = doctor.report()
         model = model if model is not None else doctor.model
-        thresholds = thresholds if thresholds is not None else getattr(doctor, "_thresholds", None)
+        if checks is None and thresholds is None:
+            checks = getattr(doctor, "checkset", None)
     if not isinstance(report, Report):
         raise TypeError(f"gather_reports needs a Report or a Doctor, got {type(report).__name__}")
     if not is_distributed():
@@ -331,7 +335,7 @@ def gather_reports(
     dist.gather_object(payload, gathered, dst=dst, group=group)
     if rank != dst:
         return None
-    merged = merge_rank_payloads([p for p in gathered if p is not None], thresholds=thresholds)
+    merged = merge_rank_payloads([p for p in gathered if p is not None], thresholds=thresholds, checks=checks)
     merged.observations = obs
     merged.logdir = report.logdir
     merged.experiments = {**report.experiments, **merged.experiments}
@@ -377,32 +381,40 @@ def _merge_findings(per_rank: list[tuple[int, list[Finding]]], world: int) -> li
 
 
 def merge_rank_payloads(payloads: Sequence[dict[str, Any]],
-                        thresholds: dict[str, dict[str, float]] | None = None) -> Report:
+                        thresholds: dict[str, dict[str, float]] | None = None,
+                        checks: Any = None) -> Report:
     """One report from every rank's ``{"rank", "report" (JSON dict), "facts"}``: merged
     findings, and the DDP checks evaluated on the gathered facts. Pure Python on plain
-    data (the tests call it without a process group)."""
-    from ._doctor import evaluate
+    data (the tests call it without a process group).
+
+    ``checks``: the run's ``CheckSet`` (its DDP checks, with their thresholds, judge the
+    facts). Without it, the DDP checks the ranks listed are built with ``thresholds``."""
+    from ._checkset import CheckSet, judge
     from ._observations import Observations
-    from .checks import REGISTRY
 
     payloads = sorted(payloads, key=lambda p: p["rank"])
     reports = [(p["rank"], Report.from_dict(p["report"])) for p in payloads]
     world = max([len(payloads), *[int(p.get("facts", {}).get("world_size") or 1) for p in payloads]])
     findings = _merge_findings([(r, rep.findings) for r, rep in reports], world)
 
-    # DDP checks: those each rank ran or skipped (i.e. selected), on the gathered facts.
-    ddp_ids = [cid for cid, cls in REGISTRY.items() if cls.family == "distributed"]
-    listed = {cid for _, rep in reports for cid in rep.checks_run} | {
-        s["check"] for _, rep in reports for s in rep.checks_skipped}
-    selected = [cid for cid in ddp_ids if cid in listed]
-    thresholds = thresholds or {}
-    checks = [REGISTRY[cid](**thresholds.get(cid, {})) for cid in selected]
+    # DDP checks: the check set's, judged on the gathered facts.
+    if checks is None:  # no set given: those each rank ran or skipped (i.e. selected)
+        listed = {cid for _, rep in reports for cid in rep.checks_run} | {
+            s["check"] for _, rep in reports for s in rep.checks_skipped}
+        everything = CheckSet.resolve(None, None, thresholds, where="merge_rank_payloads(thresholds=...)")
+        checks = CheckSet.resolve([c.id for c in everything.distributed if c.id in listed], None, None,
+                                  base=everything)
+    elif thresholds is not None:
+        raise TypeError("merge_rank_payloads(): pass either checks= or thresholds=, not both")
+    ddp_checks = checks.distributed
+    selected = [c.id for c in ddp_checks]
     facts = {
         "world_size": world,
         "backend": next((p["facts"].get("backend") for p in payloads if p.get("facts")), None),
         "ranks": [p["facts"] for p in payloads if p.get("facts")],
     }
-    ddp_findings, ddp_run, ddp_skipped = evaluate(checks, Observations(experiments={DISTRIBUTED_FACTS: facts}))
+    verdict = judge(ddp_checks, Observations(experiments={DISTRIBUTED_FACTS: facts}))
+    ddp_findings, ddp_run, ddp_skipped = verdict
     findings = [f for f in findings if f.check not in selected] + list(ddp_findings)
 
     # A check counts as run when any rank ran it; skipped (first reason) otherwise.
@@ -428,5 +440,6 @@ def merge_rank_payloads(payloads: Sequence[dict[str, Any]],
         model=first.model,
         script=first.script,
         experiments={DISTRIBUTED_FACTS: facts},
+        notes=list(dict.fromkeys([*(n for _, rep in reports for n in rep.notes), *verdict.notes])),
     )
     return merged

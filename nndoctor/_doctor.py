@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -12,10 +11,10 @@ from torch import nn
 from ._observations import Observations
 from ._observe import Recorder, Schedule
 from ._report import Report
-from .checks import REGISTRY, Check
-from .checks._registry import experiment_ids, passive_ids
+from ._checkset import CheckSet, judge, split_ids
+from .checks import Check
 
-__all__ = ["Doctor", "NNDoctorUsageError", "build_checks"]
+__all__ = ["Doctor", "NNDoctorUsageError", "CheckSet", "build_checks"]
 
 
 class NNDoctorUsageError(ValueError):
@@ -23,11 +22,7 @@ class NNDoctorUsageError(ValueError):
 
 
 def _split_ids(value: "str | Iterable[str] | None") -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.split(",")
-    return [v.strip() for v in value if v and v.strip()]
+    return split_ids(value)
 
 
 def build_checks(
@@ -37,58 +32,16 @@ def build_checks(
     ignore: "str | Iterable[str] | None" = None,
     thresholds: dict[str, dict[str, float]] | None = None,
 ) -> list[Check]:
-    """Instantiate the checks of ``kind`` ("passive", "experiment" or None for all),
-    filtered by ``select``/``ignore`` and with threshold overrides. Unknown ids and
-    unknown threshold names raise a usage error naming the valid ones."""
-    selected = _split_ids(select)
-    ignored = set(_split_ids(ignore) or [])
-    thresholds = thresholds or {}
-    for cid in [*(selected or []), *ignored, *thresholds]:
-        if cid not in REGISTRY:
-            import difflib
-
-            close = difflib.get_close_matches(cid, list(REGISTRY), n=2)
-            raise NNDoctorUsageError(
-                f"unknown check id {cid!r}"
-                + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                + ". Run `nndoctor checks` for the list of ids."
-            )
-    ids = {"passive": passive_ids(), "experiment": experiment_ids(), None: list(REGISTRY)}[kind]
-    out = []
-    for cid in ids:
-        if selected is not None and cid not in selected:
-            continue
-        if cid in ignored:
-            continue
-        try:
-            out.append(REGISTRY[cid](**thresholds.get(cid, {})))
-        except ValueError as exc:
-            raise NNDoctorUsageError(str(exc)) from None
-    # Validate what the checks need against what observations provide (at construction,
-    # not at step 10,000).
-    fields = {f.name for f in dataclasses.fields(Observations)} | {"losses", "sampled", "experiments"}
-    for check in out:
-        missing = [n for n in check.needs if n not in fields]
-        if missing:
-            raise NNDoctorUsageError(
-                f"check {check.id!r} needs observations {missing} that no observer produces"
-            )
-    return out
+    """The checks of ``kind`` ("passive", "experiment" or None for all) of the check set
+    resolved from ``select``/``ignore``/``thresholds`` (see :class:`CheckSet`). Unknown
+    ids and threshold names of any kind raise a usage error naming the valid ones."""
+    checkset = CheckSet.resolve(select, ignore, thresholds)
+    return {"passive": checkset.passive, "experiment": checkset.experiment, None: list(checkset)}[kind]
 
 
 def evaluate(checks: Sequence[Check], obs: Observations) -> tuple[list, list[str], list[dict[str, str]]]:
-    findings, run, skipped = [], [], []
-    for check in checks:
-        try:
-            found, reason = check.run(obs)
-        except Exception as exc:  # a broken check must not hide the others' findings
-            skipped.append({"check": check.id, "reason": f"internal error in the check: {exc!r}"})
-            continue
-        if reason is not None:
-            skipped.append({"check": check.id, "reason": reason})
-        else:
-            run.append(check.id)
-            findings.extend(found)
+    """(findings, run, skipped) of ``checks`` on ``obs``; see :func:`judge`."""
+    findings, run, skipped = judge(checks, obs)
     return findings, run, skipped
 
 
@@ -104,6 +57,12 @@ class Doctor:
     called on, and optimizers stepping on the model's parameters are discovered.
     ``sample_every``/``dense_steps`` set how often the per-layer statistics are taken
     (the first ``dense_steps`` steps, then every ``sample_every``-th).
+
+    ``select``/``ignore``/``thresholds`` are resolved here, once, into the Doctor's
+    :class:`CheckSet` (on top of ``checks``, an already resolved set, when given) and
+    every check of every kind is built: an unknown id or threshold name raises
+    ``NNDoctorUsageError`` now. ``watch``/``report``, ``checkup`` and ``gather`` all
+    judge with that set.
     """
 
     def __init__(
@@ -117,6 +76,7 @@ class Doctor:
         thresholds: dict[str, dict[str, float]] | None = None,
         sample_every: int = 20,
         dense_steps: int = 4,
+        checks: CheckSet | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NNDoctorUsageError(
@@ -150,8 +110,12 @@ class Doctor:
             self._wrapper, self.model = self.model, self.model.module
         self.optimizers = optimizers
         self.loss_fn = loss_fn
-        self._select, self._ignore, self._thresholds = select, ignore, thresholds
-        self.checks = build_checks("passive", select=select, ignore=ignore, thresholds=thresholds)
+        if checks is not None and not isinstance(checks, CheckSet):
+            raise NNDoctorUsageError(f"checks= takes a CheckSet, got {type(checks).__name__}")
+        self.checkset = CheckSet.resolve(select, ignore, thresholds, base=checks, where="Doctor(...)")
+        for name, value, least in (("sample_every", sample_every, 1), ("dense_steps", dense_steps, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise NNDoctorUsageError(f"{name} must be a whole number >= {least}, got {value!r}")
         self.schedule = Schedule(dense_steps=dense_steps, sample_every=sample_every)
         self._recorder: Recorder | None = None
         self._samplers: Any = None
@@ -159,6 +123,15 @@ class Doctor:
         self._observations: Observations | None = None
         self._stream: Any = None
         self.script: str | None = None
+
+    @property
+    def checks(self) -> list[Check]:
+        """The watch-mode checks of the Doctor's check set."""
+        return self.checkset.passive
+
+    @property
+    def _thresholds(self) -> dict[str, dict[str, float]]:
+        return {k: dict(v) for k, v in self.checkset.thresholds.items()}
 
     @property
     def optimizer(self) -> "torch.optim.Optimizer | None":
@@ -276,14 +249,14 @@ class Doctor:
         return self._observations
 
     def _evaluate(self, obs: Observations) -> Report:
-        findings, run, skipped = evaluate(self.checks, obs)
+        verdict = judge(self.checks, obs)
         return Report(
-            findings=findings, checks_run=run, checks_skipped=skipped,
+            findings=verdict.findings, checks_run=verdict.run, checks_skipped=verdict.skipped,
             steps_observed=len([s for s in obs.steps if s.backward_calls > 0]),
             model={"class": obs.model_class or type(self.model).__name__,
                    "parameters": obs.n_parameters, "trainable": obs.n_trainable},
             script=self.script, observations=obs, logdir=getattr(self, "_logdir", None),
-            notes=list(obs.notes),
+            notes=[*obs.notes, *verdict.notes],
         )
 
     def report(self) -> Report:
@@ -301,13 +274,37 @@ class Doctor:
         return self._evaluate(self._observations)
 
     # -- experiments ---------------------------------------------------------------------
-    def checkup(self, batch: Any, loss_fn: Any = None, **options: Any) -> Report:
+    def checkup(
+        self,
+        batch: Any,
+        loss_fn: Any = None,
+        *,
+        select: "str | Iterable[str] | None" = None,
+        ignore: "str | Iterable[str] | None" = None,
+        optimizer: "torch.optim.Optimizer | None" = None,
+        model: nn.Module | None = None,
+        **options: Any,
+    ) -> Report:
         """Run the experiments (overfit a tiny batch, random inputs, LR sweep, gradient
         check, loss at init) on copies of the model and optimizer. The model, optimizer,
-        RNG streams and modes are left exactly as they were."""
+        RNG streams and modes are left exactly as they were.
+
+        The Doctor's check set decides which experiments run and their thresholds;
+        ``select``/``ignore`` narrow it for this call (``select`` replaces the selection,
+        ``ignore`` removes from it), ``thresholds=`` overrides values for this call.
+        ``optimizer``: the optimizer whose type and settings the copies train with (the
+        Doctor's by default). ``model``: a module to train instead of the Doctor's model
+        (e.g. a wrapper around it reducing its output to what the loss takes). Other
+        options are the probe knobs (``nndoctor._experiments.DEFAULT_OPTIONS``)."""
         from ._experiments import run_checkup
 
+        checkset = self.checkset.narrowed(select, ignore, where="checkup(...)")
+        if options.get("thresholds") is not None:
+            checkset = CheckSet.resolve(None, None, options.pop("thresholds"), base=checkset,
+                                        where="checkup(...)")
+        options.pop("thresholds", None)
         return run_checkup(
-            self.model, batch, optimizer=self.optimizer, loss_fn=loss_fn or self.loss_fn,
-            select=self._select, ignore=self._ignore, **options,
+            model if model is not None else self.model, batch,
+            optimizer=optimizer if optimizer is not None else self.optimizer,
+            loss_fn=loss_fn or self.loss_fn, checks=checkset.checkup, **options,
         )

@@ -29,12 +29,13 @@ import importlib
 import time
 import math
 import random
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._checkset import CheckSet, internal_error, judge
 from ._observations import Observations
 from ._report import Report
 from .checks._base import Check
@@ -95,6 +96,7 @@ def run_checkup(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     select: Any = None,
     ignore: Any = None,
+    checks: "CheckSet | Mapping[str, Check] | None" = None,
     figures_dir: Any = None,
     **options: Any,
 ) -> Report:
@@ -104,8 +106,10 @@ def run_checkup(
     (``model(*inputs)``) or a dict (``model(**inputs)``); targets may be None when
     ``loss_fn(outputs, None)`` makes sense. ``loss_fn`` defaults to ``CrossEntropyLoss``
     for integer class targets and float logits. ``optimizer``: the copies are trained with
-    its type and hyper-parameters (Adam(lr=1e-3) when None). ``select`` / ``ignore``: check
-    ids (a list or a comma-separated string). ``figures_dir``: PNG plots are written there
+    its type and hyper-parameters (Adam(lr=1e-3) when None). ``checks``: the check set to
+    judge with (a ``CheckSet``, or its ``.checkup`` mapping of id -> check, as the Doctor
+    passes it); or else ``select`` / ``ignore``: check ids (a list or a comma-separated
+    string) and ``thresholds=`` (resolved here into a check set). ``figures_dir``: PNG plots are written there
     and their paths put in ``report.experiments["figures"]``. Other keyword options are
     the probe knobs of ``DEFAULT_OPTIONS``.
 
@@ -118,14 +122,13 @@ def run_checkup(
             f"run_checkup() got unknown options {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}"
         )
     opts = {**DEFAULT_OPTIONS, **options}
-    overrides = dict(opts.pop("thresholds") or {})
+    overrides = opts.pop("thresholds")
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(
             "checkup needs batch=(inputs, targets); pass (inputs, None) when the loss takes "
             "no targets"
         )
-    wanted = _selected(select, ignore)
-    checks = _build_checks(wanted, overrides)
+    checks = _build_checks(checks, select, ignore, overrides)
 
     obs = Observations()
     obs.model_class = type(model).__name__
@@ -161,10 +164,8 @@ def run_checkup(
                 obs.experiments[key] = probe()
             except _ProbeSkip as skip:
                 obs.experiments[key] = {"skipped": skip.reason}
-            except Exception as exc:  # a probe must never take the checkup down
-                obs.experiments[key] = {
-                    "skipped": f"the experiment failed: {type(exc).__name__}: {exc}",
-                }
+            except Exception as exc:  # a probe must never take the checkup down (strict mode: raise)
+                obs.experiments[key] = {"skipped": internal_error(f"the {key} experiment", exc)}
 
     report = Report(
         model={
@@ -174,18 +175,11 @@ def run_checkup(
         },
         observations=obs,
     )
-    for check_id, check in checks.items():
-        if check is None:
-            report.checks_skipped.append(
-                {"check": check_id, "reason": "the chance-level-loss check is not available"}
-            )
-            continue
-        findings, reason = check.run(obs)
-        if reason is not None:
-            report.checks_skipped.append({"check": check_id, "reason": reason})
-        else:
-            report.checks_run.append(check_id)
-            report.findings.extend(findings)
+    verdict = judge(checks.values(), obs)
+    report.findings.extend(verdict.findings)
+    report.checks_run.extend(verdict.run)
+    report.checks_skipped.extend(verdict.skipped)
+    report.notes.extend(verdict.notes)
     report.sort()
     report.experiments = {k: v for k, v in obs.experiments.items()}
     if figures_dir is not None:
@@ -195,36 +189,20 @@ def run_checkup(
     return report
 
 
-def _selected(select: Any, ignore: Any) -> list[str]:
-    def as_list(value: Any) -> list[str] | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = value.split(",")
-        return [str(v).strip() for v in value if str(v).strip()]
+def _build_checks(
+    checks: "CheckSet | Mapping[str, Check] | None", select: Any, ignore: Any, thresholds: Any,
+) -> dict[str, Check]:
+    """The checkup's checks (id -> check): the given check set's, or one resolved from
+    ``select``/``ignore``/``thresholds`` (unknown names raise a usage error)."""
+    from ._checkset import CheckSet
 
-    chosen = as_list(select)
-    dropped = set(as_list(ignore) or [])
-    ids = [i for i in EXPERIMENT_IDS if chosen is None or i in chosen]
-    return [i for i in ids if i not in dropped]
-
-
-def _build_checks(wanted: list[str], overrides: dict[str, dict[str, float]]) -> dict[str, Check | None]:
-    classes: dict[str, type[Check]] = {
-        c.id: c for c in (OverfitTinyBatch, RandomInputLoss, LrSweep, GradientCheck)
-    }
-    if CHANCE_ID in wanted:
-        try:  # the lead's watch-mode check judges the probe's "init" data
-            from .checks.loss import ChanceLevelLoss
-
-            classes[CHANCE_ID] = ChanceLevelLoss
-        except ImportError:
-            pass
-    out: dict[str, Check | None] = {}
-    for check_id in wanted:
-        cls = classes.get(check_id)
-        out[check_id] = cls(**overrides.get(check_id, {})) if cls is not None else None
-    return out
+    if checks is None:
+        return CheckSet.resolve(select, ignore, thresholds).checkup
+    if select is not None or ignore is not None or thresholds is not None:
+        raise TypeError("run_checkup(): pass either checks= or select/ignore/thresholds, not both")
+    if isinstance(checks, CheckSet):
+        return checks.checkup
+    return dict(checks)
 
 
 # ======================================================================================

@@ -53,9 +53,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ._doctor import Doctor, NNDoctorUsageError, build_checks
+from ._checkset import CheckSet
+from ._doctor import Doctor, NNDoctorUsageError
 from ._report import Report
-from .checks._registry import experiment_ids
 
 __all__ = [
     "Outcome",
@@ -558,6 +558,9 @@ def run_script(
     thresholds: dict[str, dict[str, float]] | None = None,
     experiments: bool = True,
     on_event: Callable[..., None] | None = None,
+    checks: CheckSet | None = None,
+    sample_every: int | None = None,
+    dense_steps: int | None = None,
 ) -> ScriptRun:
     """Run ``script`` with ``args`` as ``__main__``, watch ``steps`` training steps, stop
     it, run the experiments on its first batch (unless ``experiments=False``) and
@@ -566,18 +569,28 @@ def run_script(
     Raises :class:`NNDoctorUsageError` (before running anything) for a missing file, a
     syntax error, unknown check ids or bad options. ``on_event(kind, **info)`` is
     called with ``"model"``, ``"optimizer"``, ``"step"``, ``"stopped"``,
-    ``"experiments"`` and ``"experiments-done"`` as things happen."""
+    ``"experiments"`` and ``"experiments-done"`` as things happen.
+
+    ``checks``: the resolved check set (the CLI's: config, then options); else one is
+    resolved from ``select``/``ignore``/``thresholds``. Every watched step gets the
+    per-layer statistics unless ``sample_every``/``dense_steps`` are given (the Doctor's
+    defaults stand in for the one not given)."""
     if steps < 1:
         raise NNDoctorUsageError(f"--steps must be at least 1 (got {steps}).")
     if timeout < 0:
         raise NNDoctorUsageError(f"--timeout must be positive (got {timeout}).")
-    build_checks(None, select=select, ignore=ignore, thresholds=thresholds)  # unknown ids: fail now
+    if checks is None:  # unknown ids or threshold names: fail now
+        checks = CheckSet.resolve(select, ignore, thresholds)
+    elif select is not None or ignore is not None or thresholds is not None:
+        checks = CheckSet.resolve(select, ignore, thresholds, base=checks)
+    if sample_every is None and dense_steps is None:
+        sample_every, dense_steps = 1, steps + 1  # short runs: every step in full
     path = prepare_script(script)
     display = str(script)
     session = _Session(
         path, display, steps=steps, timeout=timeout,
-        doctor_kwargs={"select": select, "ignore": ignore, "thresholds": thresholds,
-                       "sample_every": 1, "dense_steps": steps + 1},
+        doctor_kwargs={"checks": checks, "sample_every": 20 if sample_every is None else sample_every,
+                       "dense_steps": 4 if dense_steps is None else dense_steps},
         on_event=on_event,
     )
     session._args = [str(a) for a in args]
@@ -627,7 +640,7 @@ def run_script(
     report = doctor.report()
     run.steps = doctor.steps_completed
     report.script = display
-    wanted_experiments = _wanted_experiments(select, ignore)
+    wanted_experiments = _wanted_experiments(checks)
     if not wanted_experiments:
         run.experiments = "not selected"
     elif not experiments:
@@ -649,14 +662,10 @@ def run_script(
     return run
 
 
-def _wanted_experiments(select: Any, ignore: Any) -> list[str]:
-    from ._doctor import _split_ids
-
-    chosen = _split_ids(select)
-    dropped = set(_split_ids(ignore) or [])
+def _wanted_experiments(checks: CheckSet) -> list[str]:
     # chance-level-loss is judged in watch mode from the script's real first loss; the
     # checkup's "loss at init" would measure the model after the watched steps.
-    return [c for c in experiment_ids() if (chosen is None or c in chosen) and c not in dropped]
+    return [c.id for c in checks.experiment]
 
 
 def _skip(report: Report, ids: Sequence[str], reason: str) -> Report:
@@ -749,11 +758,7 @@ def _run_experiments(
     check = _verify_loss(session, inputs, target, loss_fn, first_loss)
     if check is not None:
         return skipped(check)
-    from . import _experiments
-
-    if not hasattr(_experiments, "run_checkup"):  # pragma: no cover - partial installs
-        return skipped("the experiments module is not available in this install")
-    ignore_ids = [*(_split(ignore)), "chance-level-loss"]
+    ignore_ids = ["chance-level-loss"]  # the Doctor's check set already holds the user's
     optimizer = session.optimizer
     stand_in = False
     if optimizer is None and doctor.model is not None:
@@ -766,10 +771,9 @@ def _run_experiments(
     if experiment_model is not doctor.model:
         loss_fn = getattr(loss_fn, "plain", loss_fn)  # the adapter model already selects/reshapes
     with torch.enable_grad(), _weights_at_start(doctor.model, session):
-        checkup = _experiments.run_checkup(
-            experiment_model, (inputs, target), optimizer=optimizer, loss_fn=loss_fn,
-            select=select, ignore=ignore_ids, thresholds=thresholds,
-            time_budget=session.timeout if math.isfinite(session.timeout) else None,
+        checkup = doctor.checkup(
+            (inputs, target), loss_fn=loss_fn, optimizer=optimizer, model=experiment_model,
+            ignore=ignore_ids, time_budget=session.timeout if math.isfinite(session.timeout) else None,
         )
     if stand_in:
         checkup = _as_stand_in(checkup)
@@ -837,12 +841,6 @@ def _stand_in_sgd(doctor: Doctor, session: _Session) -> torch.optim.Optimizer | 
     session.notes.append(f"no torch.optim optimizer was seen: the hand-written updates are plain SGD "
                          f"with lr={lr:.3g}, which the experiments use")
     return torch.optim.SGD(params, lr=lr)
-
-
-def _split(value: Any) -> list[str]:
-    from ._doctor import _split_ids
-
-    return _split_ids(value) or []
 
 
 def _graph_of_first_step(doctor: Doctor) -> Any:

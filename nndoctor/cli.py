@@ -21,23 +21,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ._exit import ExitCode, exit_code, failing_findings
+
 __all__ = ["app", "main", "ExitCode"]
-
-
-class ExitCode(enum.IntEnum):
-    """``nndoctor`` exit statuses (CONTRACT §2)."""
-
-    #: No finding at or above ``--fail-on`` (healthy, or only milder findings).
-    OK = 0
-    #: At least one finding at or above ``--fail-on`` (``error`` by default).
-    FINDINGS = 1
-    #: nndoctor could not do its job: bad usage (unknown option or check id, missing
-    #: file, syntax error in the script), no training found to watch, or an internal
-    #: failure. Nothing (or too little) was watched to judge.
-    USAGE_OR_INTERNAL = 2
-    #: The target script raised an exception; the findings gathered up to then are
-    #: still reported.
-    SCRIPT_RAISED = 3
 
 
 class FailOn(str, enum.Enum):
@@ -192,8 +178,10 @@ def check(
     script: str = typer.Argument(..., help="The training script to run (unmodified).", metavar="SCRIPT"),
     script_args: Optional[List[str]] = typer.Argument(
         None, help="Arguments for the script, after `--`.", metavar="[-- SCRIPT_ARGS...]", show_default=False),
-    steps: int = typer.Option(30, "--steps", min=1, help="Training steps to watch (an optimizer step, "
-                              "or a backward where weights are updated by hand)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
+                                        help="Training steps to watch (an optimizer step, or a backward "
+                                             "where weights are updated by hand).  [default: 30, or "
+                                             "[tool.nndoctor] steps]"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (schema 1) here.",
                                              dir_okay=False),
     logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures here.",
@@ -201,8 +189,9 @@ def check(
     select: Optional[str] = typer.Option(None, "--select", help="Run only these checks: ID,ID,..."),
     ignore: Optional[str] = typer.Option(None, "--ignore", help="Skip these checks: ID,ID,..."),
     no_experiments: bool = typer.Option(False, "--no-experiments", help="Passive watching only: no experiments."),
-    fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", case_sensitive=False,
-                                   help="Exit 1 when a finding is at least this severe."),
+    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", case_sensitive=False, show_default=False,
+                                             help="Exit 1 when a finding is at least this severe.  "
+                                                  "[default: error, or [tool.nndoctor] fail_on]"),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", case_sensitive=False,
                                                help="text: the console report; json: the JSON report on "
                                                     "stdout and nothing else."),
@@ -219,23 +208,30 @@ def check(
     Exit status: 0 ok, 1 findings at or above --fail-on, 2 nndoctor could not do its job,
     3 the script raised (findings so far are reported).
     """
+    from ._checkset import CheckSet
     from ._doctor import NNDoctorUsageError
-    from ._report import Severity
     from ._runner import Outcome, run_script
 
     err = _err()
     json_mode = output_format is OutputFormat.json
+    # [tool.nndoctor] first, then the options given on the command line (which win); the
+    # check set is resolved once, here, and used by the watch, the checkup and the merge.
+    try:
+        config = _project_config(script)
+        checkset = CheckSet.from_layers((config, f"[tool.nndoctor] of {config.get('_path')}"),
+                                        ({"select": select, "ignore": ignore}, "the command line"))
+    except NNDoctorUsageError as exc:
+        raise _fail(str(exc)) from None
+    steps = steps if steps is not None else config.get("steps", 30)
+    fail_on_value = fail_on.value if fail_on is not None else config.get("fail_on", "error")
     progress = _Progress(err, script, steps, verbose)
     # In JSON mode stdout carries the report only: the script's prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
     try:
         with redirect, progress:
-            config = _project_config(script)
             run = run_script(
-                script, list(script_args or []), steps=steps, timeout=timeout,
-                select=select if select is not None else config.get("select"),
-                ignore=ignore if ignore is not None else config.get("ignore"),
-                thresholds=config.get("thresholds"),
+                script, list(script_args or []), steps=steps, timeout=timeout, checks=checkset,
+                sample_every=config.get("sample_every"), dense_steps=config.get("dense_steps"),
                 experiments=not no_experiments, on_event=progress,
             )
     except NNDoctorUsageError as exc:
@@ -252,8 +248,8 @@ def check(
     if report is None or run.steps == 0:
         if run.outcome is Outcome.RAISED and run.error is not None:
             _print_error(err, run, verbose)
-            raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
-        raise _fail(_no_training_message(run, timeout))
+            raise typer.Exit(int(exit_code(None, script_raised=True)))
+        raise _fail(_no_training_message(run, timeout), exit_code(None, could_not_run=True))
 
     # Under torchrun: every rank watched its own copy of the script; rank 0 reports once
     # for all of them (findings name their ranks; the DDP checks judge all ranks' facts).
@@ -261,7 +257,7 @@ def check(
 
     if _distributed.is_distributed():
         try:
-            merged = _distributed.gather_reports(report)
+            merged = _distributed.gather_reports(report, checks=checkset)
         except Exception as exc:
             err.print(f"[yellow]nndoctor: could not gather the other ranks' findings: {escape(repr(exc))}; "
                       f"reporting this rank only[/]", soft_wrap=True)
@@ -306,9 +302,10 @@ def check(
 
     if run.outcome is Outcome.RAISED:
         _print_error(err, run, verbose)
-        raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
+        raise typer.Exit(int(exit_code(report, fail_on_value, script_raised=True)))
     if run.outcome is Outcome.INTERRUPTED:
-        raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.")
+        raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.",
+                    exit_code(report, fail_on_value, could_not_run=True))
     if run.outcome is Outcome.TIMEOUT:
         err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {timeout:g} s with "
                   f"{run.steps} of {steps} step(s) watched; the report covers those. Raise --timeout "
@@ -319,26 +316,28 @@ def check(
                   f"{steps}); the report covers those.[/]", soft_wrap=True)
     if finally_release:  # rank 0, after reporting: the other ranks wait at the barrier
         _release_process_group()
-    bar = Severity.parse(fail_on.value).rank
-    failing = [f for f in report.findings if f.severity.rank >= bar]
-    if failing:
+    code = exit_code(report, fail_on_value)
+    if code is ExitCode.FINDINGS:
+        failing = failing_findings(report, fail_on_value)
         ids = ", ".join(dict.fromkeys(f.check for f in failing))
-        err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on.value}' ({escape(ids)}); "
+        err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on_value}' ({escape(ids)}); "
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
-        raise typer.Exit(int(ExitCode.FINDINGS))
-    raise typer.Exit(int(ExitCode.OK))
+    raise typer.Exit(int(code))
 
 
 def _project_config(script: str) -> dict:
-    """``[tool.nndoctor]`` from the pyproject.toml nearest to the script (select, ignore,
-    thresholds); the command-line options win over it."""
-    from ._config import ConfigError, load_config
+    """``[tool.nndoctor]`` from the pyproject.toml nearest to the script, validated
+    (every key is honoured; the command-line options win over it), with its path under
+    ``"_path"``. A bad table is a usage error naming the file and the key."""
+    from ._config import ConfigError, find_pyproject, load_config
     from ._doctor import NNDoctorUsageError
 
+    start = Path(script).parent if Path(script).parent.is_dir() else Path(".")
     try:
-        return load_config(Path(script).parent if Path(script).parent.is_dir() else ".")
+        config = load_config(start)
     except ConfigError as exc:
         raise NNDoctorUsageError(str(exc)) from None
+    return {**config, "_path": str(find_pyproject(start))} if config else {}
 
 
 def _release_process_group() -> None:

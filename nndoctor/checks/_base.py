@@ -82,10 +82,19 @@ class Check:
         self.values: dict[str, float] = {t.name: overrides.get(t.name, t.default) for t in self.thresholds}
 
     def __getattr__(self, name: str) -> Any:
-        values = self.__dict__.get("values", {})
-        if name in values:
+        # Thresholds read as attributes (``self.max_dead_fraction``). A misspelt name is a
+        # bug in the check: the error names the real thresholds, and the judging policy
+        # (``nndoctor._checkset.judge``) reports it as an internal error, never as a
+        # plain skip; in strict mode (the test suite) it propagates.
+        values = self.__dict__.get("values")
+        if values is not None and name in values:
             return values[name]
-        raise AttributeError(name)
+        if name.startswith("__") or values is None:
+            raise AttributeError(name)
+        raise AttributeError(
+            f"check {type(self).__name__} ({getattr(type(self), 'id', '?')}) has no attribute or "
+            f"threshold {name!r}; its thresholds are {sorted(values) or 'none'}"
+        )
 
     # -- to implement ------------------------------------------------------------------
     def evaluate(self, obs: Any) -> Iterable[Finding]:  # pragma: no cover - abstract
