@@ -104,7 +104,7 @@ def _validate_thresholds(thresholds: Any, where: str) -> dict[str, dict[str, flo
                 close = difflib.get_close_matches(str(name), known, n=2)
                 raise _usage_error(
                     f"check {cid!r} has no threshold named {name!r} (in {where})"
-                    + (f"; did you mean {' or '.join(close)}?" if close else "")
+                    + (f"; did you mean {' or '.join(close)}?" if close else ".")
                     + f" Its thresholds: {', '.join(known) or 'none'}."
                 )
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):

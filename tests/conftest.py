@@ -42,6 +42,24 @@ def live_hooks(model: torch.nn.Module) -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def strict_mode():
+    """The whole suite runs in nndoctor's strict mode: a check or a probe that crashes
+    raises instead of becoming an "internal error" skip, so no test can count a crash as
+    "no false alarm". Set in the environment, so the CLI subprocesses inherit it."""
+    import os
+
+    from nndoctor._checkset import STRICT_ENV
+
+    before = os.environ.get(STRICT_ENV)
+    os.environ[STRICT_ENV] = "1"
+    yield
+    if before is None:
+        os.environ.pop(STRICT_ENV, None)
+    else:
+        os.environ[STRICT_ENV] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One intra-op thread for the whole suite: on 2-core CI boxes (with subprocess tests
     beside us) it is several times faster for these small models than the default."""
