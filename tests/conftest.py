@@ -59,6 +59,30 @@ def strict_mode():
         os.environ[STRICT_ENV] = before
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "internal_errors_expected: the test provokes an observer failure on purpose")
+
+
+@pytest.fixture(autouse=True)
+def no_observer_failures(request, monkeypatch):
+    """Strict mode for the observers too: a hook that fails is switched off (never raised
+    into the user's forward), so the test fails here, at teardown, naming it."""
+    from nndoctor._observe import Recorder
+
+    failures: list[str] = []
+    original = Recorder._observer_failed
+
+    def record(self, where, exc):
+        failures.append(f"observer '{where}' failed: {exc!r}")
+        return original(self, where, exc)
+
+    monkeypatch.setattr(Recorder, "_observer_failed", record)
+    yield
+    if request.node.get_closest_marker("internal_errors_expected") is None:
+        assert not failures, f"internal errors in nndoctor's observers: {failures}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One intra-op thread for the whole suite: on 2-core CI boxes (with subprocess tests

@@ -164,6 +164,7 @@ def test_watch_cannot_be_nested_on_the_same_doctor():
     assert live_hooks(model) == 0
 
 
+@pytest.mark.internal_errors_expected
 def test_failing_observer_is_switched_off_not_raised(monkeypatch):
     import nndoctor._observe as observe
 
