@@ -180,8 +180,8 @@ def check(
         None, help="Arguments for the script, after `--`.", metavar="[-- SCRIPT_ARGS...]", show_default=False),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
                                         help="Training steps to watch (an optimizer step, or a backward "
-                                             "where weights are updated by hand).  [default: 30, or "
-                                             "[tool.nndoctor] steps]"),
+                                             "where weights are updated by hand).  (default: 30, or steps in "
+                                             "the tool.nndoctor table of pyproject.toml)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (schema 1) here.",
                                              dir_okay=False),
     logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures here.",
@@ -191,7 +191,7 @@ def check(
     no_experiments: bool = typer.Option(False, "--no-experiments", help="Passive watching only: no experiments."),
     fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", case_sensitive=False, show_default=False,
                                              help="Exit 1 when a finding is at least this severe.  "
-                                                  "[default: error, or [tool.nndoctor] fail_on]"),
+                                                  "(default: error, or fail_on in the tool.nndoctor table)"),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", case_sensitive=False,
                                                help="text: the console report; json: the JSON report on "
                                                     "stdout and nothing else."),
