@@ -121,6 +121,7 @@ def run_checkup(
     obs.model_class = type(model).__name__
     obs.n_parameters = sum(p.numel() for p in model.parameters())
     obs.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    obs.check_thresholds = {cid: dict(check.values) for cid, check in checks.items() if check is not None}
 
     # enable_grad: a checkup called under `torch.no_grad()` must still train its copies.
     with isolated(model), torch.enable_grad():
@@ -165,7 +166,7 @@ def run_checkup(
     report.sort()
     report.experiments = {k: v for k, v in obs.experiments.items()}
     if figures_dir is not None:
-        from .reporters.experiment_figures import save_figures
+        from .reporters.figures import save_figures
 
         report.experiments["figures"] = save_figures(report, figures_dir)
     return report

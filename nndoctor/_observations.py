@@ -173,6 +173,9 @@ class Observations:
     sampled_steps: int = 0
     notes: list[str] = field(default_factory=list)
     experiments: dict[str, Any] = field(default_factory=dict)
+    # Check id -> {threshold name: value} the checks judged with (a user's overrides
+    # included), so reporters draw the lines the checks actually used.
+    check_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def losses(self) -> list[tuple[int, float]]:

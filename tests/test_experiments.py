@@ -512,10 +512,10 @@ def test_figures_are_written(tmp_path):
     model = mlp()
     report = run_checkup(model, blobs(32), optimizer=adam(model), select=MINE, figures_dir=tmp_path)
     figures = report.experiments["figures"]
-    assert set(figures) == {"overfit", "lr", "random_input"}
+    assert set(figures) == {"overfit", "lr_sweep", "lr_range", "random_input"}
     for path in figures.values():
         image = mpimg.imread(path)
-        assert image.shape[:2] == (450, 800)
+        assert image.shape[:2] == (500, 1000)  # the one figure size of every nndoctor figure
         assert image[..., :3].std() > 0.01  # not a blank canvas
 
 
