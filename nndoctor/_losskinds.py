@@ -18,7 +18,15 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["loss_kind", "CLASS_KINDS", "BINARY_KINDS", "REGRESSION_KINDS", "KINDS"]
+__all__ = [
+    "loss_kind",
+    "loss_function",
+    "GRAPH_NODE_KINDS",
+    "CLASS_KINDS",
+    "BINARY_KINDS",
+    "REGRESSION_KINDS",
+    "KINDS",
+]
 
 _MODULES: tuple[tuple[type, str], ...] = (
     (nn.CrossEntropyLoss, "cross_entropy"),
@@ -42,6 +50,21 @@ _FUNCTIONS: dict[Any, str] = {
     F.huber_loss: "huber",
     F.kl_div: "kl_div",
 }
+# The autograd node that computes each loss (what an observer reading ``loss.grad_fn``
+# sees). Cross-entropy shows up as an ``NllLossBackward0`` fed by a log-softmax, which
+# the graph reader tells apart; the kinds here are the same as the modules'.
+GRAPH_NODE_KINDS: dict[str, str] = {
+    "NllLossBackward0": "nll",
+    "NllLoss2DBackward0": "nll",
+    "NllLoss2dBackward0": "nll",
+    "BinaryCrossEntropyBackward0": "bce",
+    "BinaryCrossEntropyWithLogitsBackward0": "bce_logits",
+    "MseLossBackward0": "mse",
+    "L1LossBackward0": "l1",
+    "SmoothL1LossBackward0": "smooth_l1",
+    "HuberLossBackward0": "huber",
+    "KlDivBackward0": "kl_div",
+}
 KINDS = tuple(dict.fromkeys(kind for _, kind in _MODULES))
 CLASS_KINDS = ("cross_entropy", "nll")  # integer class targets, logits over dim 1
 BINARY_KINDS = ("bce", "bce_logits")
@@ -58,3 +81,11 @@ def loss_kind(loss_fn: Any) -> str:
         return _FUNCTIONS.get(loss_fn, "other")
     except TypeError:  # an unhashable callable
         return "other"
+
+
+def loss_function(kind: str | None) -> Any:
+    """The ``torch.nn.functional`` function of a kind (the inverse of the table), or None."""
+    for fn, name in _FUNCTIONS.items():
+        if name == kind:
+            return fn
+    return None

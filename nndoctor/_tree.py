@@ -11,22 +11,31 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["map_tensors", "tensors"]
+__all__ = ["map_tensors", "tensors", "map_leaves"]
+
+
+def map_leaves(obj: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
+    """``obj`` with every leaf ``x`` (``is_leaf(x)``) replaced by ``fn(x)``; containers
+    (tuple, named tuple, list, dict and their subclasses) are rebuilt with their own
+    type, anything else is returned as it is."""
+    if is_leaf(obj):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple: positional rebuild
+        return type(obj)(*(map_leaves(v, fn, is_leaf) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_leaves(v, fn, is_leaf) for v in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, map_leaves(v, fn, is_leaf)) for k, v in obj.items())
+    return obj
+
+
+def _is_tensor(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor)
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """``obj`` with every tensor ``t`` replaced by ``fn(t)``; containers (tuple, named
-    tuple, list, dict and their subclasses) are rebuilt with their own type, anything
-    else is returned as it is."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple: positional rebuild
-        return type(obj)(*(map_tensors(v, fn) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, fn) for v in obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, map_tensors(v, fn)) for k, v in obj.items())
-    return obj
+    """``obj`` with every tensor ``t`` replaced by ``fn(t)`` (see :func:`map_leaves`)."""
+    return map_leaves(obj, fn, _is_tensor)
 
 
 def tensors(obj: Any) -> list[torch.Tensor]:

@@ -224,3 +224,9 @@ def test_loss_kind_table_tells_huber_from_smooth_l1_and_knows_kl_div():
     assert loss_kind(nn.SmoothL1Loss()) == loss_kind(F.smooth_l1_loss) == "smooth_l1"
     assert loss_kind(nn.KLDivLoss()) == loss_kind(F.kl_div) == "kl_div"
     assert loss_kind(lambda out, y: out.sum()) == "other"
+    # the graph table speaks the same kinds, and each kind maps back to its function
+    from nndoctor._losskinds import GRAPH_NODE_KINDS, KINDS, loss_function
+
+    assert set(GRAPH_NODE_KINDS.values()) <= set(KINDS)
+    for fn in (F.cross_entropy, F.nll_loss, F.mse_loss, F.huber_loss, F.smooth_l1_loss, F.kl_div):
+        assert loss_function(loss_kind(fn)) is fn

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._probe_records import GradcheckModel, GradcheckRun, GradcheckUnit
-from .._tree import map_tensors, tensors
+from .._tree import map_leaves, map_tensors, tensors
 from .context import ProbeContext, call, float_outputs
 from .isolation import ProbeSkip, default_dtype
 
@@ -137,15 +137,8 @@ class _Slot:
 
 
 def _fill(template: Any, values: tuple[torch.Tensor, ...]) -> Any:
-    if isinstance(template, _Slot):
-        return values[template.index]
-    if isinstance(template, tuple) and hasattr(template, "_fields"):
-        return type(template)(*(_fill(v, values) for v in template))
-    if isinstance(template, (list, tuple)):
-        return type(template)(_fill(v, values) for v in template)
-    if isinstance(template, dict):
-        return type(template)((k, _fill(v, values)) for k, v in template.items())
-    return template
+    """The template with each slot replaced by its tensor from ``values``."""
+    return map_leaves(template, lambda slot: values[slot.index], lambda x: isinstance(x, _Slot))
 
 
 def _run_unit(unit: GradcheckUnit, fn: Callable[..., Any], checked: list[torch.Tensor], s: _Settings, seed: int) -> None:
