@@ -512,3 +512,13 @@ def test_random_input_uses_a_log_axis_when_the_curves_span_decades():
 def test_one_figure_size_for_observation_and_experiment_figures():
     sizes = {name: tuple(fig.get_size_inches()) for name, fig in F.report_figures(make_report()).items()}
     assert set(sizes.values()) == {F.FIGURE_SIZE}, sizes
+
+
+def test_overfit_target_is_the_loss_fraction_the_check_used():
+    report = make_report()
+    start = make_experiments()["overfit"]["runs"][0]["losses"][0]
+    ax = only_axes(F.report_figures(report)["overfit"])
+    assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.1 * start)  # the default
+    report.observations.check_thresholds = {"overfit-tiny-batch": {"loss_fraction": 0.5}}
+    ax = only_axes(F.report_figures(report)["overfit"])
+    assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.5 * start)

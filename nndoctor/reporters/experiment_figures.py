@@ -230,15 +230,23 @@ def random_input_curves(experiment: Any) -> dict[str, dict[str, list[float]]] | 
 
 
 # -- the figures --------------------------------------------------------------------
-def overfit_figure(experiment: Any, *, findings: Iterable[Any] | None = None) -> Figure | None:
+def overfit_figure(
+    experiment: Any, *, findings: Iterable[Any] | None = None, loss_fraction: float | None = None
+) -> Figure | None:
     """Loss per iteration while overfitting one tiny fixed batch, one line per run (the
     user's optimizer first, drawn thicker; then any retry), log scale when every value
-    is positive, with the target loss when the experiment gives one."""
+    is positive, with the target loss: the experiment's own, else ``loss_fraction`` (the
+    ``overfit-tiny-batch`` threshold the check judged with) times the first loss."""
     if experiment is None:
         return None
     runs, target = overfit_runs(experiment)
     if not runs:
         return None
+    start = runs[0]["losses"][0]
+    target_label = f"target {target:g}" if target is not None else ""
+    if target is None and loss_fraction is not None and math.isfinite(start) and start > 0:
+        target = loss_fraction * start
+        target_label = f"target: {loss_fraction:g} x the first loss = {target:.3g}"
     fig, ax = new_figure()
     positive = all(np.all(np.isfinite(r["losses"]) & (np.asarray(r["losses"]) > 0)) for r in runs)
     for run in runs:
@@ -254,7 +262,7 @@ def overfit_figure(experiment: Any, *, findings: Iterable[Any] | None = None) ->
             ax.axvline(first_bad, color="red", linestyle=":",
                        label=f"{run['label']}: non-finite from iteration {int(first_bad)}")
     if target is not None and (target > 0 or not positive):
-        ax.axhline(target, color="tab:green", linestyle="--", linewidth=1.2, label=f"target {target:g}")
+        ax.axhline(target, color="tab:green", linestyle="--", linewidth=1.2, label=target_label)
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("iteration on the same tiny batch")
@@ -374,11 +382,17 @@ def lr_range_figure(experiment: Any, *, findings: Iterable[Any] | None = None) -
     return fig
 
 
-def experiment_figures(experiments: Mapping[str, Any] | None, findings: Iterable[Any] | None = None) -> dict[str, Figure]:
-    """Every experiment figure the data allows, by name, in a stable order."""
+def experiment_figures(
+    experiments: Mapping[str, Any] | None,
+    findings: Iterable[Any] | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Figure]:
+    """Every experiment figure the data allows, by name, in a stable order; ``thresholds``
+    (check id -> {name: value}) are those the checks judged with."""
     findings = list(findings or [])
+    fraction = (thresholds or {}).get("overfit-tiny-batch", {}).get("loss_fraction")
     makers = {
-        "overfit": overfit_figure,
+        "overfit": lambda data, findings: overfit_figure(data, findings=findings, loss_fraction=fraction),
         "lr_sweep": lr_sweep_figure,
         "lr_range": lr_range_figure,
         "random_input": random_input_figure,

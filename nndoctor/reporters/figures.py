@@ -399,7 +399,8 @@ def report_figures(report: Any) -> dict[str, Figure]:
         fig = make()
         if fig is not None:
             figures[name] = fig
-    figures.update(experiment_figures(experiments, findings))
+    used = {"overfit-tiny-batch": check_thresholds(source if source is not None else {}, "overfit-tiny-batch")}
+    figures.update(experiment_figures(experiments, findings, used))
     return figures
 
 
