@@ -25,7 +25,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nndoctor._experiments import DEFAULT_OPTIONS, EXPERIMENT_IDS, _Context, _model_directional, run_checkup  # noqa: E402
+from nndoctor._experiments import DEFAULT_OPTIONS, EXPERIMENT_IDS, run_checkup  # noqa: E402
+from nndoctor.probes.context import ProbeContext  # noqa: E402
+from nndoctor.probes.gradcheck import _model_directional, _Settings  # noqa: E402
 from nndoctor.checks.experiments import GradientCheck  # noqa: E402
 
 
@@ -82,9 +84,12 @@ def main() -> None:
         net = mlp(hidden)
         params = sum(p.numel() for p in net.parameters())
         xb, yb = torch.randn(8, 32), torch.randint(0, 10, (8,))
-        ctx = _Context.build(net, (xb, yb), None, nn.CrossEntropyLoss(), dict(DEFAULT_OPTIONS))
+        ctx = ProbeContext(net, (xb, yb), None, nn.CrossEntropyLoss())
         inputs, targets = ctx.take(0, 2)
-        t = timed(lambda: _model_directional(ctx, inputs, targets, check), args.repeats)
+        settings = _Settings(directions=int(DEFAULT_OPTIONS["gradcheck_directions"]),
+                             eps=float(DEFAULT_OPTIONS["gradcheck_eps"]), max_tensors=200,
+                             localize_above=float(check.max_relative_error))
+        t = timed(lambda: _model_directional(ctx, inputs, targets, settings), args.repeats)
         net64 = net.double()
         fwd = timed(lambda: net64(xb[:2].double()), args.repeats)
         print(f"   {params:>12,} {t * 1000:>10.1f} ms {fwd * 1000:>8.2f} ms")

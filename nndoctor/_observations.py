@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _probe_records
+from ._probe_records import *  # noqa: F401,F403  (re-export: one place to import records from)
+
 __all__ = [
     "ModuleMeta",
     "ParamMeta",
@@ -20,6 +23,8 @@ __all__ = [
     "StepRecord",
     "NonFiniteEvent",
     "Observations",
+    # the experiments' records (nndoctor._probe_records), re-exported with the others
+    *_probe_records.__all__,
 ]
 
 
@@ -168,6 +173,9 @@ class Observations:
     sampled_steps: int = 0
     notes: list[str] = field(default_factory=list)
     experiments: dict[str, Any] = field(default_factory=dict)
+    # Check id -> {threshold name: value} the checks judged with (a user's overrides
+    # included), so reporters draw the lines the checks actually used.
+    check_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def losses(self) -> list[tuple[int, float]]:

@@ -455,3 +455,70 @@ def test_figures_leave_pyplot_alone():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- the thresholds the checks used, the verdict, the flagged layer ---------------------
+def test_activation_band_is_the_one_the_check_judged_with():
+    obs = make_observations()
+    obs.check_thresholds = {"activation-std": {"low": 0.2, "high": 3.0}}  # a user's override
+    ax = only_axes(F.activation_std_figure(obs))
+    low, high = patch_y_span(labelled(ax.patches, "healthy band"))
+    assert (low, high) == (pytest.approx(0.2), pytest.approx(3.0))
+    report = make_report()
+    report.observations.check_thresholds = {"activation-std": {"low": 0.1, "high": 4.0}}
+    ax = only_axes(F.report_figures(report)["activation_std"])
+    assert patch_y_span(labelled(ax.patches, "healthy band")) == (pytest.approx(0.1), pytest.approx(4.0))
+
+
+def test_update_ratio_draws_the_check_thresholds_and_their_override():
+    obs = make_observations()
+    ax = only_axes(F.update_ratio_figure(obs))
+    assert labelled(ax.lines, "update-ratio warns below").get_ydata()[0] == pytest.approx(1e-6)  # defaults
+    assert labelled(ax.lines, "update-ratio warns above").get_ydata()[0] == pytest.approx(1e-1)
+    obs.check_thresholds = {"update-ratio": {"low": 1e-4, "high": 1e-2}}
+    ax = only_axes(F.update_ratio_figure(obs))
+    assert labelled(ax.lines, "update-ratio warns below").get_ydata()[0] == pytest.approx(1e-4)
+    assert labelled(ax.lines, "update-ratio warns above").get_ydata()[0] == pytest.approx(1e-2)
+
+
+def test_a_finding_puts_its_verdict_in_the_title_and_marks_the_flagged_layer():
+    figures = F.report_figures(make_report())  # one activation-std warning at fc2
+    ax = only_axes(figures["activation_std"])
+    assert ax.get_title().endswith("activation-std: warning")
+    flagged = labelled(ax.patches, "flagged layer")
+    xs = flagged.get_patch_transform().transform(flagged.get_path().vertices)[:, 0]
+    assert (xs.min(), xs.max()) == (pytest.approx(LAYERS.index("fc2") - 0.5), pytest.approx(LAYERS.index("fc2") + 0.5))
+    assert [t.get_color() for t in ax.get_xticklabels() if t.get_text() == "fc2"] == ["tab:red"]
+    # the figures of checks without a finding say nothing
+    assert "warning" not in only_axes(figures["update_ratio"]).get_title()
+    assert "—" not in only_axes(figures["overfit"]).get_title()
+
+
+def test_experiment_verdict_in_the_title():
+    report = make_report()
+    report.findings.append(Finding("overfit-tiny-batch", "error", "The model cannot overfit", "not fitted", "fix"))
+    ax = only_axes(F.report_figures(report)["overfit"])
+    assert ax.get_title() == "Overfit a tiny batch (8 samples) — overfit-tiny-batch: error"
+
+
+def test_random_input_uses_a_log_axis_when_the_curves_span_decades():
+    exp = make_experiments()["random_input"]
+    assert only_axes(F.random_input_figure(exp)).get_yscale() == "linear"  # all within 2.3x
+    wide = dict(exp, train_loss={"real": [2.3 * 0.5 ** i for i in range(21)],
+                                 "noise": [2.3] * 21, "zeros": [2.3] * 21})
+    assert only_axes(F.random_input_figure(wide)).get_yscale() == "log"
+
+
+def test_one_figure_size_for_observation_and_experiment_figures():
+    sizes = {name: tuple(fig.get_size_inches()) for name, fig in F.report_figures(make_report()).items()}
+    assert set(sizes.values()) == {F.FIGURE_SIZE}, sizes
+
+
+def test_overfit_target_is_the_loss_fraction_the_check_used():
+    report = make_report()
+    start = make_experiments()["overfit"]["runs"][0]["losses"][0]
+    ax = only_axes(F.report_figures(report)["overfit"])
+    assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.1 * start)  # the default
+    report.observations.check_thresholds = {"overfit-tiny-batch": {"loss_fraction": 0.5}}
+    ax = only_axes(F.report_figures(report)["overfit"])
+    assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.5 * start)

@@ -1,12 +1,16 @@
 """Checks judged from experiments on copies of the model (``Doctor.checkup``).
 
-The probes in ``nndoctor._experiments`` run the experiments (torch, on copies, under a
-forked RNG) and leave plain data in ``Observations.experiments``; the checks here only
-read that data (no torch import), so they are deterministic and testable without a model.
+The probes in ``nndoctor.probes`` run the experiments (torch, on copies, under a
+forked RNG) and leave typed records (``nndoctor._probe_records``) in
+``Observations.experiments``; they measure and never judge. The checks here alone turn
+the records into verdicts (no torch import), so they are deterministic and testable
+without a model; they also accept plain dicts of the records' shape.
 
 Keys read: ``"overfit"``, ``"random_input"``, ``"lr_sweep"``, ``"lr_range"``,
-``"gradcheck"``. A probe that could not run stores ``{"skipped": reason}``, which the check
-turns into ``Skip(reason)``.
+``"gradcheck"``. A probe that could not run stores ``ProbeSkipped(reason)``
+(``{"skipped": reason}``), which the check turns into ``Skip(reason)``. A probe whose loss
+was not finite from its first step gives no verdict either: the check skips it as
+inconclusive (``nan-trace`` and ``chance-level-loss`` see the non-finite loss).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from .._probe_records import GradcheckRun, GradcheckUnit, LrRangeTest, LrSweepRun, OverfitCurve, OverfitRun, RandomInputRun, Record
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
 
@@ -55,14 +60,24 @@ GRADCHECK_DOCS = Citation(
 )
 
 
-def _data(obs: Any, key: str, what: str) -> dict[str, Any]:
+def _data(obs: Any, key: str, what: str, kind: type[Record]) -> Any:
+    """The ``kind`` record under ``key`` (a plain dict of its shape is converted), or Skip."""
     experiments = getattr(obs, "experiments", None) or {}
     data = experiments.get(key)
     if data is None:
         raise Skip(f"the {what} experiment did not run (only `Doctor.checkup` runs it)")
     if data.get("skipped"):
         raise Skip(str(data["skipped"]))
-    return data
+    return kind.coerce(data)
+
+
+def _inconclusive_if_not_finite(start: Any, what: str) -> None:
+    """No verdict from a run whose loss was not finite from the start: it measured nothing."""
+    if not (isinstance(start, (int, float)) and math.isfinite(start)):
+        raise Skip(
+            f"inconclusive: the loss was {start} from the first step of the {what} experiment, so it "
+            "measured nothing (see `nan-trace` and `chance-level-loss`)"
+        )
 
 
 def _finite(values: Iterable[float]) -> bool:
@@ -168,32 +183,18 @@ class OverfitTinyBatch(Check):
     )
     citations = (CHECKLIST, KARPATHY, CS231N, DEEPCHECKER)
 
-    def fitted_at(self, run: dict[str, Any]) -> int | None:
-        """The first step at which the run met the target, or None."""
-        losses = run.get("losses") or []
-        accuracies = run.get("accuracies")
-        if not losses:
-            return None
-        start = losses[0]
-        if not math.isfinite(start):
-            return None
-        for i, loss in enumerate(losses):
-            if i > self.max_steps:
-                break
-            if not math.isfinite(loss):
-                return None
-            if abs(start) < 1e-8 or loss <= self.loss_fraction * start:
-                return i
-            if accuracies is not None and i < len(accuracies) and accuracies[i] >= self.min_accuracy:
-                return i
-        return None
+    def fitted_at(self, run: OverfitCurve | dict[str, Any]) -> int | None:
+        """The first step at which the run met this check's target, or None."""
+        curve = OverfitCurve.coerce(run)
+        return curve.fitted_at(self.loss_fraction, self.min_accuracy, self.max_steps)
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
-        data = _data(obs, "overfit", "overfit-tiny-batch")
-        runs = data.get("runs") or []
+        data = _data(obs, "overfit", "overfit-tiny-batch", OverfitRun)
+        runs = data.runs
         if not runs:
             raise Skip("the overfit experiment recorded no run")
         user = runs[0]
+        _inconclusive_if_not_finite((user.losses or [math.nan])[0], "overfit")
         if self.fitted_at(user) is not None:
             return
         n = data.get("n_samples")
@@ -376,7 +377,7 @@ class RandomInputLoss(Check):
     citations = (CHECKLIST, KARPATHY, DEEPCHECKER, ZHANG_2017)
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
-        data = _data(obs, "random_input", "random-input-loss")
+        data = _data(obs, "random_input", "random-input-loss", RandomInputRun)
         change = data.get("output_change") or {}
         if change and all(v is not None and v < self.min_output_change for v in change.values()):
             yield self.finding(
@@ -392,6 +393,8 @@ class RandomInputLoss(Check):
             return
         train = data.get("train_loss") or {}
         real, zeros, noise = train.get("real"), train.get("zeros"), train.get("noise")
+        if real:
+            _inconclusive_if_not_finite(real[0], "random-input")
         if real and zeros and noise:
             start = real[0]
             real_end, zeros_end, noise_end = real[-1], zeros[-1], noise[-1]
@@ -586,14 +589,14 @@ class LrSweep(Check):
         return progress, mean, noise
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
-        sweep = _data(obs, "lr_sweep", "lr-sweep")
+        sweep = _data(obs, "lr_sweep", "lr-sweep", LrSweepRun)
         experiments = getattr(obs, "experiments", {}) or {}
-        rng = experiments.get("lr_range") or {}
-        if rng.get("skipped"):
-            rng = {}
-        trials = sweep.get("trials") or {}
+        rng: Any = experiments.get("lr_range") or {}
+        rng = {} if rng.get("skipped") else LrRangeTest.coerce(rng) if rng else {}
+        trials = sweep.trials
         if "1" not in trials:
             raise Skip("the LR sweep has no x1 trial")
+        _inconclusive_if_not_finite((trials["1"].losses or [math.nan])[0], "LR sweep")
         stats = {k: self.trial_stats(v.get("losses") or []) for k, v in trials.items()}
         start = (trials["1"].get("losses") or [math.nan])[0]
         base_lr = sweep.get("base_lr")
@@ -780,10 +783,22 @@ class GradientCheck(Check):
     )
     citations = (CHECKLIST, CS231N, GRADCHECK_DOCS)
 
+    def unit_passed(self, unit: GradcheckUnit | dict[str, Any]) -> bool:
+        """A unit passes when its forward and backward ran, torch's gradcheck (given this
+        check's atol/rtol) found no mismatch, and a directional test stayed within
+        `max_relative_error`."""
+        unit = GradcheckUnit.coerce(unit)
+        if unit.raised or unit.mismatch:
+            return False
+        if unit.method == "gradcheck":
+            return True
+        err = unit.max_rel_error
+        return err is not None and math.isfinite(err) and err <= self.max_relative_error
+
     def evaluate(self, obs: Any) -> Iterable[Finding]:
-        data = _data(obs, "gradcheck", "gradient-check")
-        units = data.get("units") or []
-        model = data.get("model") or {}
+        data = _data(obs, "gradcheck", "gradient-check", GradcheckRun)
+        units = data.units
+        model: Any = data.model or {}
         checked = [u for u in units if not u.get("skipped")]
         if model.get("skipped") and not checked:
             reasons = [model["skipped"]] + [u["skipped"] for u in units if u.get("skipped")]
@@ -791,14 +806,14 @@ class GradientCheck(Check):
         failed_where: set[str] = set()
         # A module fails when a custom Function it calls fails: report the Function only.
         function_where = {
-            u.get("where") or "" for u in checked if u["kind"] == "function" and not u.get("passed")
+            u.get("where") or "" for u in checked if u["kind"] == "function" and not self.unit_passed(u)
         }
 
         def calls_failed_function(module_where: str) -> bool:
             return any(w == module_where or w.startswith(module_where + ".") for w in function_where)
 
         for unit in sorted(checked, key=lambda u: u["kind"] != "function"):
-            if unit.get("passed"):
+            if self.unit_passed(unit):
                 continue
             if unit["kind"] == "module" and calls_failed_function(unit.get("where") or ""):
                 failed_where.add(unit.get("where") or "")
@@ -819,7 +834,7 @@ class GradientCheck(Check):
                     else ""
                 )
                 + ")."
-                + (f" {unit['detail']}" if unit.get("detail") else ""),
+                + "".join(f" {text}" for text in (unit.raised, unit.mismatch) if text),
                 where=unit.get("where"),
                 unit_kind=unit["kind"],
                 unit=unit["name"],

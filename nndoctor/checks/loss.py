@@ -133,6 +133,8 @@ class ChanceLevelLoss(Check):
 
     def evaluate(self, obs) -> Iterable[Finding]:
         init = getattr(obs, "experiments", {}).get("init") if hasattr(obs, "experiments") else None
+        if init is not None and init.get("skipped"):  # the probe could not run (a ProbeSkipped record)
+            raise Skip(str(init.get("skipped")))
         if init:
             yield from self._judge(init.get("loss"), init.get("n_classes"), init.get("loss_kind"),
                                    reduction="mean", multi=False, step=None, source="at initialisation")
@@ -157,7 +159,7 @@ class ChanceLevelLoss(Check):
         if not k or k < 2:
             raise Skip("the number of classes K could not be read from the logits")
         if loss is None or not math.isfinite(loss):
-            raise Skip("the initial loss is not finite (see nan-trace)")
+            raise Skip("inconclusive: the initial loss is not finite (see nan-trace)")
         chance = math.log(k)
         dev = abs(loss - chance) / chance
         # Below chance is not judged: a pre-trained model, training before watching, or a

@@ -1,0 +1,232 @@
+"""What every probe needs: the batch on the model's device, the loss, how to slice the
+batch, and how to build the user's optimizer for a copy (:class:`ProbeContext`), plus
+the one training loop the probes share (:func:`train_curve`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .._losskinds import BINARY_KINDS, CLASS_KINDS, loss_kind
+from .._tree import map_tensors, tensors
+from .isolation import ProbeSkip, copy_model
+
+__all__ = ["ProbeContext", "call", "float_outputs", "train_curve"]
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def float_outputs(out: Any) -> list[torch.Tensor]:
+    return [t for t in tensors(out) if t.is_floating_point() or t.is_complex()]
+
+
+class ProbeContext:
+    """The batch (detached, on the model's device), the loss and its kind, the user's
+    optimizer (read only: copies get fresh ones) and the seed every probe starts from."""
+
+    def __init__(self, model: nn.Module, batch: Any, optimizer: Any, loss_fn: Any, *, seed: int = 0) -> None:
+        self.model = model
+        self.seed = int(seed)
+        self.user_optimizer: torch.optim.Optimizer | None = optimizer
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        device = next((p.device for p in model.parameters()), None)
+        if device is None:
+            device = next((b.device for b in model.buffers()), torch.device("cpu"))
+        inputs, targets = batch
+        move = lambda t: t.detach().to(device)  # noqa: E731
+        self.inputs = map_tensors(inputs, move)
+        self.targets = map_tensors(targets, move)
+        if isinstance(self.targets, torch.Tensor) and self.targets.dim() > 0:
+            self.batch_size = int(self.targets.shape[0])
+        else:
+            first = next((t for t in tensors(self.inputs) if t.dim() > 0), None)
+            if first is None:
+                raise TypeError("checkup: the inputs hold no tensor with a batch dimension")
+            self.batch_size = int(first.shape[0])
+        self.loss_fn, self.loss_kind = self._resolve_loss(loss_fn)
+        self.ignore_index: int | None = getattr(self.loss_fn, "ignore_index", None)
+
+    # -- loss ------------------------------------------------------------------------
+    def _resolve_loss(self, loss_fn: Any) -> tuple[Callable[..., torch.Tensor], str]:
+        if loss_fn is not None:
+            return loss_fn, loss_kind(loss_fn)
+        targets = self.targets
+        if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and not targets.is_complex():
+            probe = self.copy_model()
+            with torch.no_grad():
+                out = call(probe, self.inputs)
+            if (
+                isinstance(out, torch.Tensor)
+                and out.is_floating_point()
+                and out.dim() >= 2
+                and tuple(targets.shape) == (out.shape[0], *out.shape[2:])
+            ):
+                return nn.CrossEntropyLoss(), "cross_entropy"
+        raise ValueError(
+            "checkup needs a loss function: pass loss_fn=... (an nn.Module loss or any "
+            "callable loss_fn(outputs, targets) -> scalar tensor). Only integer class "
+            "targets with float logits of shape (N, C, ...) get CrossEntropyLoss by default."
+        )
+
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        value = self.loss_fn(outputs, targets)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(
+                "loss_fn must return a scalar tensor; got "
+                + (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
+                + " (use reduction='mean')"
+            )
+        return value.reshape(())
+
+    # -- batch slicing ---------------------------------------------------------------
+    def _slice(self, obj: Any, index: slice) -> Any:
+        n = self.batch_size
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            if t.dim() >= 1 and t.shape[0] == n:
+                return t[index]
+            if t.dim() >= 2 and t.shape[1] == n:  # sequence-first (T, N, ...) inputs
+                return t[:, index]
+            return t
+
+        return map_tensors(obj, cut)
+
+    def take(self, start: int, stop: int) -> tuple[Any, Any]:
+        s = slice(start, min(stop, self.batch_size))
+        return self._slice(self.inputs, s), self._slice(self.targets, s)
+
+    # -- task ------------------------------------------------------------------------
+    @property
+    def classification(self) -> bool:
+        t = self.targets
+        if self.loss_kind in CLASS_KINDS:
+            return isinstance(t, torch.Tensor) and not t.is_floating_point()
+        return self.loss_kind in BINARY_KINDS and isinstance(t, torch.Tensor)
+
+    def accuracy(self, outputs: Any, targets: Any) -> float | None:
+        if not self.classification or not isinstance(outputs, torch.Tensor):
+            return None
+        with torch.no_grad():
+            if self.loss_kind in CLASS_KINDS:
+                if outputs.dim() < 2:
+                    return None
+                pred = outputs.argmax(dim=1)
+                keep = targets != (self.ignore_index if self.ignore_index is not None else -100)
+                if pred.shape != targets.shape or not bool(keep.any()):
+                    return None
+                return float((pred[keep] == targets[keep]).float().mean())
+            if outputs.shape != targets.shape:
+                return None
+            cut = 0.0 if self.loss_kind == "bce_logits" else 0.5
+            return float(((outputs > cut) == (targets > 0.5)).float().mean())
+
+    # -- copies and optimizers -------------------------------------------------------
+    def copy_model(self, *, dropout_off: bool = False) -> nn.Module:
+        return copy_model(self.model, dropout_off=dropout_off)
+
+    def user_groups(self, clone: nn.Module) -> list[dict[str, Any]]:
+        """The user's param groups mapped onto ``clone``'s parameters (by name)."""
+        by_name = dict(clone.named_parameters())
+        if self.user_optimizer is None:
+            return [{"params": [p for p in clone.parameters() if p.requires_grad]}]
+        groups = []
+        for group in self.user_optimizer.param_groups:
+            params = [by_name[self.param_names[id(p)]] for p in group["params"] if id(p) in self.param_names]
+            if params:
+                hp = {k: v for k, v in group.items() if k != "params"}
+                groups.append({"params": params, **hp})
+        if not groups:
+            raise ProbeSkip("none of the optimizer's parameters belong to the model")
+        return groups
+
+    def make_optimizer(
+        self, clone: nn.Module, *, lr_scale: float = 1.0, lr: float | None = None, adam: bool = False
+    ) -> torch.optim.Optimizer:
+        """The user's optimizer type and hyper-parameters on ``clone`` (fresh state), with
+        every group's LR scaled by ``lr_scale`` or set to ``lr``; Adam(lr=1e-3) when there is
+        no user optimizer or ``adam`` is set."""
+        if adam or self.user_optimizer is None:
+            params = [p for p in clone.parameters() if p.requires_grad]
+            if not params:
+                raise ProbeSkip("the model has no trainable parameters")
+            return torch.optim.Adam(params, lr=(1e-3 if lr is None else lr) * lr_scale)
+        groups = self.user_groups(clone)
+        for g in groups:
+            if lr is not None:
+                g["lr"] = lr
+            elif "lr" in g:
+                g["lr"] = float(g["lr"]) * lr_scale
+            g.pop("initial_lr", None)
+        kind = type(self.user_optimizer)
+        defaults = dict(getattr(self.user_optimizer, "defaults", {}) or {})
+        if lr is not None:
+            defaults["lr"] = lr
+        elif "lr" in defaults:
+            defaults["lr"] = float(defaults["lr"]) * lr_scale
+        for attempt in (lambda: kind(groups, **defaults), lambda: kind(groups)):
+            try:
+                return attempt()
+            except TypeError:
+                continue
+        raise ProbeSkip(f"could not build a {kind.__name__} for the model copy")
+
+    @property
+    def base_lr(self) -> float:
+        if self.user_optimizer is None:
+            return 1e-3
+        return float(self.user_optimizer.param_groups[0].get("lr", 1e-3))
+
+    @property
+    def optimizer_type(self) -> str:
+        return type(self.user_optimizer).__name__ if self.user_optimizer is not None else "Adam"
+
+    @staticmethod
+    def optimizer_name(opt: torch.optim.Optimizer) -> str:
+        g = opt.param_groups[0]
+        parts = [f"lr={float(g['lr']):.3g}"] if "lr" in g else []
+        for key in ("momentum", "weight_decay"):
+            if g.get(key):
+                parts.append(f"{key}={g[key]:.3g}")
+        return f"{type(opt).__name__}({', '.join(parts)})"
+
+
+def train_curve(
+    ctx: ProbeContext,
+    clone: nn.Module,
+    opt: torch.optim.Optimizer,
+    inputs: Any,
+    targets: Any,
+    steps: int,
+    *,
+    stop: Callable[[list[float], list[float | None]], bool] | None = None,
+    every: Callable[[int], None] | None = None,
+) -> tuple[list[float], list[float | None]]:
+    """Train ``clone`` for up to ``steps`` updates; returns the loss (and accuracy) seen
+    at each step before its update, plus the loss after the last update. A non-finite
+    loss ends the curve (it is recorded; what it means is the check's call)."""
+    losses: list[float] = []
+    accs: list[float | None] = []
+    for step in range(steps + 1):
+        if every is not None:
+            every(step)
+        opt.zero_grad(set_to_none=True)
+        out = call(clone, inputs)
+        loss = ctx.loss(out, targets)
+        value = float(loss.detach())
+        losses.append(value)
+        accs.append(ctx.accuracy(out, targets))
+        if not math.isfinite(value) or step == steps or (stop is not None and stop(losses, accs)):
+            break
+        loss.backward()
+        opt.step()
+    return losses, accs
