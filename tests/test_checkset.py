@@ -276,18 +276,18 @@ def test_a_crashing_experiment_check_is_visible_in_checkup_too(monkeypatch):
 
 
 def test_a_crashing_probe_fails_in_strict_mode(monkeypatch):
-    from nndoctor import _experiments
+    from nndoctor.probes import init_loss
 
     def probe(ctx):
         raise RuntimeError("probe kaboom")
 
-    monkeypatch.setattr(_experiments, "_probe_init", probe)
+    monkeypatch.setattr(init_loss, "measure", probe)
     model, batch = _model_and_batch()
     with pytest.raises(RuntimeError, match="probe kaboom"):
         Doctor(model).checkup(batch, select=["chance-level-loss"])
     monkeypatch.setenv(STRICT_ENV, "0")
     report = Doctor(model).checkup(batch, select=["chance-level-loss"])
-    assert "internal error" in report.experiments["init"]["skipped"]
+    assert "internal error" in report.experiments["init"].skipped
 
 
 def test_a_misspelt_threshold_attribute_is_a_real_error(monkeypatch):
