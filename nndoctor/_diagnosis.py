@@ -499,7 +499,6 @@ LINKS: tuple[Link, ...] = tuple([
     *_links("activation-std", acts_exploding, [
         ("saturated-activation", ANY, "large pre-activations push sigmoid/tanh to their rails"),
         ("chance-level-loss", ANY, "large activations give large initial logits"),
-        ("exploding-gradient", ANY, "large activations give large weight gradients"),
     ]),
     *_links("activation-std", acts_vanishing, [
         ("vanishing-gradient", ANY, "weight gradients scale with the (vanishing) activations"),
