@@ -589,6 +589,13 @@ def _first_sentence(text: str) -> str:
     return text.rstrip(".")
 
 
+def _lower_first(text: str) -> str:
+    """'Divide the LR' -> 'divide the LR', keeping names such as 'CrossEntropyLoss'."""
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        return text[0].lower() + text[1:]
+    return text
+
+
 def _fmt(value: Any) -> str:
     v = _num(value)
     return f"{v:.3g}" if math.isfinite(v) else str(value)
@@ -632,7 +639,7 @@ def _summary(f: Finding) -> str:
                 f"healthy): the learning rate is too {word}; {fix}.")
     if c == "lr-sweep":
         word = "high" if lr_too_high(f) else "low"
-        return f"The LR sweep shows your learning rate ({_fmt(_ev(f, 'base_lr'))}) is too {word}; {_first_sentence(f.fix).lower()}."
+        return f"The LR sweep shows your learning rate ({_fmt(_ev(f, 'base_lr'))}) is too {word}; {_lower_first(_first_sentence(f.fix))}."
     if c == "weight-init":
         kind = _ev(f, "kind") or "wrong"
         what = "all equal, so the units never differentiate" if kind == "symmetric" else f"too {kind} for their fan-in"
@@ -641,8 +648,9 @@ def _summary(f: Finding) -> str:
     if c == "nan-trace":
         where = f.where or "the model"
         return (f"Non-finite values start in `{where}`, and everything computed after them is meaningless; "
-                f"{_first_sentence(f.fix).lower()}.")
-    return f"{_first_sentence(f.message)}; {_first_sentence(f.fix).lower()}."
+                f"{_lower_first(_first_sentence(f.fix))}.")
+    text = f"{_first_sentence(f.message)}; {_lower_first(_first_sentence(f.fix))}."
+    return text[0].upper() + text[1:] if text[0].islower() else text
 
 
 # ------------------------------------------------------------------------------ diagnosis

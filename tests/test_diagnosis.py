@@ -433,3 +433,20 @@ def test_console_shows_a_confirmation_and_no_block_without_diagnosis():
                              "fitted in 37 steps")
     assert "confirmed: with inputs standardised" in " ".join(_render(report).split())
     assert "Diagnosis:" not in _render(Report(findings=[F("frozen-layer", I, kind="requires_grad_false")]))
+
+
+@pytest.mark.parametrize("check", sorted(SAMPLES))
+def test_every_cause_gets_a_one_sentence_summary(check):
+    for name, make in variants(check):
+        f = make()
+        if f.severity is I:
+            continue
+        d = Report(findings=[f]).diagnosis
+        assert not d.summary[0].islower() and d.summary.endswith(".") and "\n" not in d.summary, (name, d.summary)
+
+
+def test_summary_keeps_the_names_in_the_fix():
+    f = SAMPLES["nan-trace"]["in-loss"]()
+    f.fix = "Compute the loss with CrossEntropyLoss on the logits. Or clamp."
+    s = Report(findings=[f]).diagnosis.summary
+    assert s.endswith("compute the loss with CrossEntropyLoss on the logits.")
