@@ -1,7 +1,15 @@
 """Findings and the Report that carries them (pure Python, no torch).
 
-The JSON form is CONTRACT §3 (schema 1). Reporters (console, JSON, TensorBoard) read a
-``Report``; they never see the model.
+The JSON form is CONTRACT §3, extended by §6 (schema 2 only adds fields: ``explained_by``
+on every finding, null unless another finding explains it, and a top-level ``diagnosis``).
+Reporters (console, JSON, TensorBoard) read a ``Report``; they never see the model.
+
+Order. ``Report.sort()`` runs the differential diagnosis (``nndoctor/_diagnosis.py``):
+the findings are ordered most likely root cause first, then the findings it explains,
+then the rest; ``Report.diagnosis`` names the cause. Every way a Report is finalised
+(construction, ``merge``, ``extend``, ``sort``) goes through it, so watch + checkup merges
+and the CLI get the diagnosis without code of their own. The exit status still follows
+severity over all findings (an error explained by a warning-level cause is an error).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any, Iterable
 
 __all__ = ["Severity", "Finding", "Report", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Severity(str, enum.Enum):
@@ -78,6 +86,8 @@ class Finding:
     where: str | None = None
     step: int | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The check id of the root cause that explains this finding (set by the diagnosis).
+    explained_by: str | None = None
 
     def __post_init__(self) -> None:
         self.severity = Severity.parse(self.severity)
@@ -92,6 +102,7 @@ class Finding:
             "step": self.step,
             "evidence": _jsonable(self.evidence),
             "fix": self.fix,
+            "explained_by": self.explained_by,
         }
 
     @classmethod
@@ -105,12 +116,15 @@ class Finding:
             where=data.get("where"),
             step=data.get("step"),
             evidence=dict(data.get("evidence") or {}),
+            explained_by=data.get("explained_by"),
         )
 
 
 @dataclass
 class Report:
-    """What nndoctor found. ``findings`` are sorted worst first."""
+    """What nndoctor found. ``findings`` lead with the most likely root cause, then the
+    findings it explains, then the rest by severity; ``diagnosis`` names the cause (None
+    when no finding is a warning or an error)."""
 
     findings: list[Finding] = field(default_factory=list)
     checks_run: list[str] = field(default_factory=list)
@@ -127,12 +141,23 @@ class Report:
     # What nndoctor could not observe or had to switch off (compiled model, a failing
     # observer...): shown in the console report and in the JSON (an extension of schema 1).
     notes: list[str] = field(default_factory=list)
+    # The differential diagnosis (recomputed by sort(); see nndoctor/_diagnosis.py).
+    diagnosis: Any = None
 
     def __post_init__(self) -> None:
         self.sort()
 
     def sort(self) -> None:
-        self.findings.sort(key=lambda f: (-f.severity.rank, f.check, f.where or ""))
+        """Order the findings by diagnosis (root cause, its symptoms, the rest by severity)
+        and recompute ``diagnosis``. A confirmation already recorded for the same cause is
+        kept."""
+        from ._diagnosis import diagnose
+
+        before = self.diagnosis
+        self.diagnosis = diagnose(self.findings)
+        if (before is not None and self.diagnosis is not None and before.cause == self.diagnosis.cause
+                and self.diagnosis.confirmed is None):
+            self.diagnosis.confirmed = before.confirmed
 
     # -- queries ---------------------------------------------------------------------
     @property
@@ -177,6 +202,9 @@ class Report:
             experiments={**self.experiments, **other.experiments},
             logdir=self.logdir or other.logdir,
             notes=list(dict.fromkeys([*self.notes, *other.notes])),
+            # a confirmation recorded on either side survives when the cause stays the same
+            diagnosis=next((d for d in (other.diagnosis, self.diagnosis) if d is not None and d.confirmed),
+                           self.diagnosis),
         )
 
     # -- outputs ---------------------------------------------------------------------
@@ -193,6 +221,7 @@ class Report:
             "checks_run": list(self.checks_run),
             "checks_skipped": [dict(s) for s in self.checks_skipped],
             "notes": list(self.notes),
+            "diagnosis": _jsonable(self.diagnosis.to_dict()) if self.diagnosis is not None else None,
         }
 
     def to_json(self, path: "str | os.PathLike[str] | None" = None, *, indent: int = 2) -> str:
@@ -207,7 +236,12 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """A Report from its JSON form (schema 1 or 2); the diagnosis is recomputed from the
+        findings, keeping a recorded confirmation of the same cause."""
+        from ._diagnosis import Diagnosis
+
         return cls(
+            diagnosis=Diagnosis.from_dict(data.get("diagnosis")),
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
             checks_run=list(data.get("checks_run", [])),
             checks_skipped=list(data.get("checks_skipped", [])),

@@ -82,16 +82,43 @@ class Case:
     allow: set[str] = field(default_factory=set)  # healthy: warnings tolerated (documented)
     # steps nndoctor counts: without an optimizer every backward is a step (by design)
     steps_counted: int | None = None
+    # bugs: the check ids that name this bug's root cause; the report must lead with one of
+    # them. Several only where they name the same cause (update-ratio and lr-sweep both say
+    # "the learning rate is too high"). Empty: the single id in `expect`.
+    root: tuple[str, ...] = ()
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        if self.root:
+            return self.root
+        assert len(self.expect) == 1, f"{self.name}: name its root cause"
+        return tuple(self.expect)
 
 
-def run_case(case: Case, **doctor_kwargs) -> Report:
+def run_case(case: Case, *, checkup: bool = False, **doctor_kwargs) -> Report:
+    """Train the case under ``Doctor.watch()``; with ``checkup``, then run the experiments
+    on the first watched batch with the weights the model had before training (as
+    `nndoctor check` does) and merge both reports."""
     torch.manual_seed(0)
     setup = case.build()
     doctor = Doctor(setup.model, optimizer=setup.optimizer, loss_fn=setup.loss_fn, **doctor_kwargs)
+    initial = copy.deepcopy(setup.model.state_dict()) if checkup else None
     with doctor.watch():
         for i in range(case.steps):
             setup.step(i)
-    return doctor.report()
+    report = doctor.report()
+    if not checkup:
+        return report
+    batch = doctor.captured_batch
+    trained = copy.deepcopy(setup.model.state_dict())
+    setup.model.load_state_dict(initial)
+    try:
+        found = doctor.checkup((batch["args"][0], batch["target"]))
+    finally:
+        setup.model.load_state_dict(trained)
+    merged = report.merge(found)
+    merged.observations = report.observations
+    return merged
 
 
 def standard_loop(model, opt, loss_fn, x, y, *, batch=32, zero_grad=True, shuffle=True, fixed=False):
@@ -391,6 +418,94 @@ def b_lr_zero():
     return classic(lr=0.0)
 
 
+def b_zero_grad_between_backward_and_step():
+    """The gradients exist but are wiped before the step: nothing ever updates."""
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.zero_grad()  # the bug: between backward() and step()
+        opt.step()
+
+    return Setup(model, step, opt, nn.CrossEntropyLoss())
+
+
+def b_unnormalized_input_mlp():
+    """Raw 0-255 features into a plain MLP at an ordinary SGD learning rate."""
+    x, y = teacher_data()
+    x = ((x - x.min()) / (x.max() - x.min()) * 255).round()
+    return classic(data=(x, y), lr=0.01)
+
+
+def b_adamw_lr_20():
+    """AdamW at lr 20 (the word_language_model example run with --use-optimizer)."""
+    return classic(opt_cls=torch.optim.AdamW, lr=20.0)
+
+
+def b_labels_shuffled_separately():
+    """Inputs and labels shuffled by two separate calls: the pairs are lost."""
+    x, y = teacher_data()
+    g = torch.Generator().manual_seed(5)
+    return classic(data=(x[torch.randperm(len(x), generator=g)], y[torch.randperm(len(y), generator=g)]))
+
+
+def b_relu_before_cross_entropy():
+    """A final ReLU: the logits can never be negative."""
+    return classic(model=nn.Sequential(mlp(), nn.ReLU()))
+
+
+def b_log_softmax_wrong_dim():
+    class WrongDim(nn.Module):
+        def forward(self, out, y):
+            return F.nll_loss(F.log_softmax(out, dim=0), y)  # the bug: normalised over the batch
+
+    return classic(loss_fn=WrongDim())
+
+
+def b_predicts_one_class():
+    """2% positives with plain BCE: the model settles on always predicting 'negative'."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (torch.rand(512, generator=g) < 0.02).float()[:, None]
+    return classic(model=mlp(k=1), data=(x, y), loss_fn=nn.BCEWithLogitsLoss())
+
+
+def b_frozen_middle_layer():
+    """A hidden layer frozen by mistake between trainable ones."""
+    model = mlp()
+    model[2].requires_grad_(False)
+    return classic(model=model)
+
+
+class WrongGradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5  # the bug: the derivative of 2x is 2
+
+
+class WrongBackwardNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp(k=64, depth=1)
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.head(WrongGradScale.apply(self.body(x)))
+
+
+def b_wrong_custom_backward():
+    return classic(model=WrongBackwardNet())
+
+
 BUGS = [
     Case("missing-zero-grad", b_missing_zero_grad, {"grad-not-zeroed"}),
     Case("softmax-before-cross-entropy", b_softmax_before_ce, {"loss-input-format"}),
@@ -404,23 +519,40 @@ BUGS = [
     Case("all-zero-input", b_all_zero_input, {"input-normalization"}),
     Case("repeated-batch", b_repeated_batch, {"repeated-batch"}),
     Case("dead-relu-negative-bias", b_dead_relu, {"dead-relu"}),
-    Case("huge-init", b_huge_init, {"weight-init", "chance-level-loss", "activation-std"}),
+    Case("huge-init", b_huge_init, {"weight-init", "chance-level-loss", "activation-std"},
+         root=("weight-init",)),
     Case("log-of-zero-in-loss", b_log_zero_loss, {"nan-trace"}),
-    Case("lr-100x-too-high", b_lr_100x, {"update-ratio"}),
-    Case("lr-far-too-low", b_lr_far_too_low, {"update-ratio", "loss-not-decreasing"}),
+    Case("lr-100x-too-high", b_lr_100x, {"update-ratio"},
+         root=("update-ratio", "lr-sweep")),
+    Case("lr-far-too-low", b_lr_far_too_low, {"update-ratio", "loss-not-decreasing"},
+         root=("update-ratio", "lr-sweep")),
     Case("training-in-eval-mode", b_eval_mode_training, {"train-eval-mode"}),
     Case("sorted-labels-not-shuffled", b_sorted_labels, {"label-distribution"}),
     Case("deep-sigmoid-vanishing", b_deep_sigmoid, {"vanishing-gradient"}),
-    Case("saturated-tanh", b_saturated_tanh, {"saturated-activation"}),
-    Case("optimizer-over-a-copy", b_optimizer_over_copy, {"frozen-layer", "loss-not-decreasing"}),
+    Case("saturated-tanh", b_saturated_tanh, {"saturated-activation"},
+         root=("weight-init",)),
+    Case("optimizer-over-a-copy", b_optimizer_over_copy, {"frozen-layer", "loss-not-decreasing"},
+         root=("frozen-layer",)),
     Case("constant-hidden-init", b_constant_hidden_init, {"weight-init"}),
     Case("nan-from-sqrt-in-layer", b_nan_in_forward_layer, {"nan-trace"}),
     Case("manual-sgd-without-zeroing", b_manual_sgd_no_zero, {"grad-not-zeroed"}),
     Case("batchnorm-batch-of-one", b_bn_batch_of_one, {"train-eval-mode"}),
-    Case("learning-rate-zero", b_lr_zero, {"frozen-layer", "loss-not-decreasing"}),
+    Case("learning-rate-zero", b_lr_zero, {"frozen-layer", "loss-not-decreasing"},
+         root=("frozen-layer",)),
     Case("softmax-into-soft-target-cross-entropy", b_softmax_into_soft_target_ce, {"loss-input-format"}),
     Case("most-parameters-not-in-optimizer", b_most_params_not_in_optimizer, {"frozen-layer"}),
     Case("manual-data-update-without-zeroing", b_manual_data_update_no_zero, {"grad-not-zeroed"}),
+    # From the held-out trials (issue 10): setups whose symptoms used to lead.
+    Case("zero-grad-between-backward-and-step", b_zero_grad_between_backward_and_step, {"frozen-layer"}),
+    Case("unnormalized-0-255-input-mlp", b_unnormalized_input_mlp, {"input-normalization"}),
+    Case("adamw-lr-20", b_adamw_lr_20, {"update-ratio"}, root=("update-ratio", "lr-sweep")),
+    Case("wrong-custom-backward", b_wrong_custom_backward, set(), root=("gradient-check",)),
+    # Bugs that no detector names yet (see KNOWN_MISSES in test_bugzoo.py).
+    Case("labels-shuffled-separately", b_labels_shuffled_separately, set(), root=("random-input-loss",)),
+    Case("relu-before-cross-entropy", b_relu_before_cross_entropy, set(), root=("loss-input-format",)),
+    Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, set(), root=("loss-input-format",)),
+    Case("predicts-one-class", b_predicts_one_class, set(), root=("prediction-collapse",)),
+    Case("frozen-middle-layer", b_frozen_middle_layer, set(), root=("frozen-layer",)),
 ]
 
 

@@ -180,8 +180,10 @@ def test_findings_table_in_the_text_tab(written):
     assert all(len(c) == 5 for c in cells)
     assert [c.strip() for c in cells[0]] == ["severity", "check", "where", "message", "fix"]
     by_check = {c[1]: c for c in cells[1:]}
-    # Worst first, as the Report sorts them.
-    assert [c[1] for c in cells[1:]] == ["dead-relu", "activation-std", "loss-not-decreasing"]
+    # In the Report's order: the root cause, the findings it explains (dead units explain
+    # the stalled loss), then the rest.
+    assert [c[1] for c in cells[1:]] == [f.check for f in report.findings]
+    assert [c[1] for c in cells[1:]] == ["dead-relu", "loss-not-decreasing", "activation-std"]
     std_row = by_check["activation-std"]
     assert std_row[0] == "<strong>warning</strong>"
     assert std_row[2] == "fc2 (step 0)"

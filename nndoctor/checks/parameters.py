@@ -62,7 +62,7 @@ class FrozenLayer(Check):
         if frozen and len(frozen) == len(params):
             yield self.finding(
                 f"All {len(params)} parameters have requires_grad=False: nothing in the model can train.",
-                severity=Severity.ERROR, where=None, parameters=len(params),
+                severity=Severity.ERROR, where=None, parameters=len(params), kind="all_frozen",
                 fix="Set requires_grad=True on the parameters that must train (e.g. model.requires_grad_(True) then freeze selectively).",
             )
             return
@@ -71,7 +71,7 @@ class FrozenLayer(Check):
             yield self.finding(
                 f"{len(frozen)} parameter tensor(s) in {len(mods)} module(s) have requires_grad=False "
                 f"({listing(mods)}); fine if you froze them on purpose.",
-                severity=Severity.INFO, where=mods[0], modules=mods,
+                severity=Severity.INFO, where=mods[0], modules=mods, kind="requires_grad_false",
                 parameters=sum(params[n].numel for n in frozen),
             )
         trainable = [n for n, m in params.items() if m.requires_grad]
@@ -84,7 +84,7 @@ class FrozenLayer(Check):
                 yield self.finding(
                     f"{len(missing)} trainable parameter tensor(s) are in no optimizer, so they never update: "
                     f"{listing(mods)}.",
-                    severity=sev, where=mods[0], modules=mods, parameter_names=missing[:50],
+                    severity=sev, where=mods[0], modules=mods, parameter_names=missing[:50], kind="not_in_optimizer",
                     fix="Build the optimizer after the whole model exists and pass model.parameters() "
                         "(or add the missing ones with optimizer.add_param_group).",
                 )
@@ -102,7 +102,7 @@ class FrozenLayer(Check):
                 f"{listing(mods)} run in the forward pass but never receive a gradient "
                 f"({len(cut)} parameter tensor(s)): the graph is cut between them and the loss "
                 f"(.detach(), .data, torch.no_grad(), or an integer cast).",
-                severity=sev, where=mods[0], modules=mods, parameter_names=cut[:50],
+                severity=sev, where=mods[0], modules=mods, parameter_names=cut[:50], kind="no_gradient",
             )
         have_grad = [n for n in trainable if n not in never_grad]
         zero = [n for n in have_grad
@@ -113,7 +113,7 @@ class FrozenLayer(Check):
             yield self.finding(
                 f"The gradients of {listing(mods)} were exactly zero at all {len(steps)} watched steps "
                 f"(a dead ReLU upstream, a multiplication by zero, or a mask).",
-                severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=zero[:50],
+                severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=zero[:50], kind="zero_gradient",
             )
         updated = [r for r in obs.steps if r.update_norms]
         if updated and obs.updates_seen:
@@ -125,6 +125,7 @@ class FrozenLayer(Check):
                     f"{listing(mods)} get non-zero gradients but their values never changed over "
                     f"{len(updated)} measured updates (learning rate 0 for their param group?).",
                     severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=unchanged[:50],
+                    kind="never_changed",
                 )
 
 
@@ -295,14 +296,14 @@ class UpdateRatio(Check):
                 f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy); "
                 f"the most-changed tensor is `{worst}` ({fmt(moving[worst])} over all updates). "
                 f"The learning rate is likely too high.",
-                severity=sev, where=obs.params[worst].module, **evidence)
+                severity=sev, where=obs.params[worst].module, direction="high", **evidence)
         elif median(moving.values()) < self.low:
             overall = median(moving.values())
             worst = min(moving, key=moving.get)
             yield self.finding(
                 f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
                 f"is healthy): the learning rate is likely too low to make progress.",
-                severity=Severity.WARNING, where=obs.params[worst].module, **evidence)
+                severity=Severity.WARNING, where=obs.params[worst].module, direction="low", **evidence)
 
 
 class WeightInit(Check):
@@ -374,7 +375,7 @@ class WeightInit(Check):
             yield self.finding(
                 f"{listing(names)} start with all weights equal (value {fmt(symmetric[0].init_mean)}): every "
                 f"unit of the layer computes the same thing and symmetry is never broken.",
-                severity=Severity.ERROR, where=symmetric[0].module, weights=names, **evidence,
+                severity=Severity.ERROR, where=symmetric[0].module, weights=names, kind="symmetric", **evidence,
             )
         for group, word in ((large, "large"), (small, "small")):
             if not group:
@@ -384,7 +385,7 @@ class WeightInit(Check):
                 f"{len(group)} weight tensor(s) start with a {word} scale: {listing([m.name for m in group])}; "
                 f"`{worst.name}` has std {fmt(worst.init_std)} = {fmt(scale[worst.name])}/sqrt(fan_in={worst.fan_in}) "
                 f"(He is 1.41/sqrt(fan_in), PyTorch's default 0.58/sqrt(fan_in)).",
-                severity=Severity.WARNING, where=worst.module, weights=[m.name for m in group], **evidence,
+                severity=Severity.WARNING, where=worst.module, weights=[m.name for m in group], kind=word, **evidence,
             )
 
 

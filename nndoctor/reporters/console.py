@@ -72,6 +72,33 @@ def render_report(report: Report, *, verbose: bool = False) -> Group:
     return Group(*parts)
 
 
+def _diagnosis_block(report: Report) -> Group | None:
+    """The report's first block: "Diagnosis: <cause> — <why> — explains: a, b, c", then
+    one line per explained check, "<id> (explained by <cause>): <because>"."""
+    d = report.diagnosis
+    if d is None:
+        return None
+    head = Text("Diagnosis: ", style="bold")
+    head.append(d.cause, style="bold red" if report.by_check(d.cause) and report.by_check(d.cause)[0].severity
+                is Severity.ERROR else "bold yellow")
+    head.append(f" ({d.confidence} confidence) — {d.summary}")
+    if d.explains:
+        head.append(" — explains: " + ", ".join(d.explains))
+    if d.confirmed:
+        head.append(f" — confirmed: with {d.confirmed.get('intervention')}, {d.confirmed.get('probe')} "
+                    f"{d.confirmed.get('after')} (was: {d.confirmed.get('before')})", style="green")
+    lines: list[Any] = [head]
+    for check in d.explains:
+        line = Text(f"  {check} (explained by {d.cause})", style="dim")
+        if d.because.get(check):
+            line.append(f": {d.because[check]}", style="dim")
+        lines.append(line)
+    return Group(*lines, Text(""))
+
+
 def print_report(report: Report, console: Console | None = None, *, verbose: bool = False) -> None:
     console = console or Console()
+    block = _diagnosis_block(report)
+    if block is not None:
+        console.print(block)
     console.print(render_report(report, verbose=verbose))

@@ -1,0 +1,803 @@
+"""Differential diagnosis: which finding is the root cause, which findings are its symptoms
+(pure Python, no torch).
+
+The checks judge one quantity each, so one bug raises several findings: inputs in 0-255
+make the activations explode, the updates huge and the tiny batch unfittable. Sorted by
+severity alone the symptoms come first and point the user elsewhere. This module holds an
+explicit table of causal links, ``LINKS``: *cause X explains symptom Y when <condition on
+the two findings>, because <one line>*. From it, ``diagnose`` ranks the candidate root
+causes and orders the findings: the most likely root cause first, then the findings it
+explains (each with ``finding.explained_by = <cause id>``), then the rest.
+
+Ranking. A finding (warning or error) that another present finding explains is not a
+root-cause candidate unless nothing else is left (a cycle). Candidates are ranked by
+1. the worst severity among the candidate and everything it explains (a warning that
+   explains an error ranks with errors: 0-255 inputs explain activation-std errors),
+2. whether the check can name a cause at all (``SYMPTOM_ONLY`` checks, such as
+   loss-not-decreasing, only describe an outcome; they lead only when nothing explains them),
+3. the candidate's own severity, 4. how many other checks it explains.
+The best candidate and the findings it explains (transitively) form the first group; the
+ranking repeats on what is left. Info findings never lead (they are often intended), but
+they are marked as explained when a cause in a group explains them.
+
+Confidence. ``high``: a cause-naming check that is an error or explains at least one other
+finding; ``medium``: a cause-naming warning that explains nothing, or a head picked from a
+cycle; ``low``: a symptom-only check leads (no cause was found).
+
+Exit code. The exit status stays by severity over *all* findings (CONTRACT §2), not by
+the cause's own severity: when the root cause is a warning and the symptoms it explains
+are errors, errors exist and the exit status is still 1. Ordering never hides a finding.
+
+Confirmation. ``Diagnosis.confirmed`` is None until an intervention (re-running a probe
+with the proposed fix applied on a copy) fills it with ``Diagnosis.confirm(...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from ._report import Finding, Severity
+
+__all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY", "explaining_links"]
+
+
+# ------------------------------------------------------------------------------ evidence
+def _num(value: Any) -> float:
+    """A number from evidence, in memory or read back from JSON ("inf", "nan" strings)."""
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value))
+    except ValueError:
+        return math.nan
+
+
+def _ev(f: Finding, key: str, default: Any = None) -> Any:
+    return (f.evidence or {}).get(key, default)
+
+
+Predicate = Callable[[Finding], bool]
+
+
+def _pred(doc: str) -> Callable[[Callable[[Finding], bool]], Predicate]:
+    """Give a predicate the one-line description the link table documents."""
+
+    def wrap(fn: Callable[[Finding], bool]) -> Predicate:
+        fn.__doc__ = doc
+        return fn
+
+    return wrap
+
+
+@_pred("any finding of the check")
+def ANY(f: Finding) -> bool:
+    return True
+
+
+# input-normalization ------------------------------------------------------------------
+@_pred("inputs not normalised (|mean| or std too large)")
+def inputs_unscaled(f: Finding) -> bool:
+    return "min" in f.evidence and "zero_fraction" not in f.evidence
+
+
+@_pred("inputs all zero or constant")
+def inputs_empty(f: Finding) -> bool:
+    ev = f.evidence
+    return "min" not in ev and "zero_fraction" not in ev and ("batches" in ev or "std" in ev)
+
+
+# loss-input-format --------------------------------------------------------------------
+@_pred("probabilities (softmax/sigmoid outputs) fed to a loss that expects logits")
+def loss_squashed(f: Finding) -> bool:
+    return _ev(f, "fed_by") in ("softmax", "sigmoid") and _ev(f, "loss_kind") in (
+        "cross_entropy", "soft_cross_entropy", "bce_logits")
+
+
+@_pred("NLLLoss fed raw outputs (unbounded below)")
+def loss_unbounded(f: Finding) -> bool:
+    return _ev(f, "loss_kind") == "nll" and _ev(f, "fed_by") == "logits"
+
+
+# frozen-layer ----------------------------------------------------------------------------
+@_pred("parameters that cannot train (requires_grad=False everywhere, not in the optimizer, "
+       "graph cut, or never changed)")
+def params_cannot_train(f: Finding) -> bool:
+    kind = _ev(f, "kind")
+    if kind is None:  # a report written before the kind was recorded
+        return f.severity is not Severity.INFO
+    return kind in ("all_frozen", "not_in_optimizer", "no_gradient", "never_changed")
+
+
+@_pred("gradients exactly zero (a dead unit, a zero input or a constant upstream)")
+def grads_exactly_zero(f: Finding) -> bool:
+    return _ev(f, "kind") == "zero_gradient"
+
+
+@_pred("gradients vanish into or never change the weights (zero gradient, or values never changed)")
+def grads_zero_or_unchanged(f: Finding) -> bool:
+    return _ev(f, "kind") in ("zero_gradient", "never_changed")
+
+
+# update-ratio -----------------------------------------------------------------------------
+def _ratio_direction(f: Finding) -> str:
+    d = _ev(f, "direction")
+    if d in ("high", "low"):
+        return d
+    return "high" if _num(_ev(f, "median_ratio")) > 1e-3 else "low"
+
+
+@_pred("updates too large for the weights (ratio too high)")
+def ratio_high(f: Finding) -> bool:
+    return _ratio_direction(f) == "high"
+
+
+@_pred("updates too small to matter (ratio too low)")
+def ratio_low(f: Finding) -> bool:
+    return _ratio_direction(f) == "low"
+
+
+# weight-init -------------------------------------------------------------------------------
+@_pred("weights initialised too large")
+def init_large(f: Finding) -> bool:
+    return _ev(f, "kind") == "large"
+
+
+@_pred("weights initialised too small")
+def init_small(f: Finding) -> bool:
+    return _ev(f, "kind") == "small"
+
+
+@_pred("hidden weights initialised all equal (symmetry never broken)")
+def init_symmetric(f: Finding) -> bool:
+    return _ev(f, "kind") == "symmetric"
+
+
+# activation-std ---------------------------------------------------------------------------
+def _band(f: Finding) -> tuple[float, float]:
+    band = _ev(f, "band") or [0.5, 2.0]
+    try:
+        return _num(band[0]), _num(band[1])
+    except (IndexError, TypeError):
+        return 0.5, 2.0
+
+
+@_pred("activations exploding (worst layer above the band)")
+def acts_exploding(f: Finding) -> bool:
+    return _num(_ev(f, "worst_std")) > _band(f)[1]
+
+
+@_pred("activations vanishing (worst layer below the band)")
+def acts_vanishing(f: Finding) -> bool:
+    return _num(_ev(f, "worst_std")) < _band(f)[0]
+
+
+# loss-not-decreasing ----------------------------------------------------------------------
+def _loss_constant(f: Finding) -> bool:
+    losses = [_num(v) for v in _ev(f, "losses") or []]
+    losses = [v for v in losses if math.isfinite(v)]
+    if len(losses) >= 2:
+        return max(losses) - min(losses) <= 1e-7 * max(abs(_num(_ev(f, "first"))), 1e-12)
+    return abs(_num(_ev(f, "relative_change"))) <= 1e-7
+
+
+@_pred("the loss rises (diverging run)")
+def loss_diverging(f: Finding) -> bool:
+    return f.severity is Severity.ERROR and not _loss_constant(f) and _num(_ev(f, "relative_change")) > 0
+
+
+@_pred("the loss stalls (flat or constant, not diverging)")
+def loss_stalled(f: Finding) -> bool:
+    return not loss_diverging(f)
+
+
+# nan-trace ----------------------------------------------------------------------------------
+def _forward_event(f: Finding) -> dict[str, Any]:
+    for e in _ev(f, "events") or []:
+        if isinstance(e, dict) and e.get("direction") == "forward":
+            return e
+    return {}
+
+
+@_pred("non-finite values that follow blown-up weights or gradients (first in backward, in AMP, "
+       "or in a layer whose parameters were already non-finite)")
+def nan_after_blowup(f: Finding) -> bool:
+    direction = _ev(f, "direction")
+    if direction in ("backward", "amp"):
+        return True
+    return direction == "forward" and bool(_forward_event(f).get("params_nonfinite"))
+
+
+@_pred("non-finite values made by an operation on finite values (the loss code, a layer's own "
+       "forward: log(0), sqrt(<0), x/0)")
+def nan_at_source(f: Finding) -> bool:
+    return not nan_after_blowup(f)
+
+
+@_pred("non-finite values made in the forward pass or the loss")
+def nan_not_backward(f: Finding) -> bool:
+    return _ev(f, "direction") in ("forward", "loss")
+
+
+# gradient-check, overfit-tiny-batch -------------------------------------------------------
+@_pred("the finite-difference comparison itself is non-finite (non-finite loss)")
+def gradcheck_nonfinite(f: Finding) -> bool:
+    return not math.isfinite(_num(_ev(f, "max_rel_error")))
+
+
+@_pred("a finite disagreement between analytic and numerical gradients (a wrong backward)")
+def gradcheck_wrong_backward(f: Finding) -> bool:
+    return math.isfinite(_num(_ev(f, "max_rel_error")))
+
+
+@_pred("the tiny-batch loss became non-finite")
+def overfit_nonfinite(f: Finding) -> bool:
+    return any(not math.isfinite(_num(_ev(f, k))) for k in ("start_loss", "final_loss"))
+
+
+# lr-sweep -----------------------------------------------------------------------------------
+@_pred("the sweep says the learning rate is too high (x0.1 better, or above the range test's blow-up)")
+def lr_too_high(f: Finding) -> bool:
+    better = _ev(f, "better")
+    return better == "x0.1" or (better == "range-test" and "diverged_at" in f.evidence)
+
+
+@_pred("the sweep says the learning rate is too low (x10 better, or below the range test)")
+def lr_too_low(f: Finding) -> bool:
+    better = _ev(f, "better")
+    return better == "x10" or (better == "range-test" and "decades_below" in f.evidence)
+
+
+# train-eval-mode ----------------------------------------------------------------------------
+@_pred("the model trained in eval mode")
+def eval_mode(f: Finding) -> bool:
+    return "eval_steps" in f.evidence
+
+
+@_pred("BatchNorm saw batches of one sample")
+def bn_batch_of_one(f: Finding) -> bool:
+    return "eval_steps" not in f.evidence and "layers" in f.evidence
+
+
+# label-distribution -------------------------------------------------------------------------
+@_pred("labels outside 0..K-1")
+def labels_out_of_range(f: Finding) -> bool:
+    return "min_label" in f.evidence
+
+
+@_pred("batches of a single class (data not shuffled)")
+def labels_unshuffled(f: Finding) -> bool:
+    ev = f.evidence
+    return "batches" in ev and "counts" not in ev and "min_label" not in ev
+
+
+@_pred("one class overall")
+def labels_one_class(f: Finding) -> bool:
+    return "counts" in f.evidence and "imbalance" not in f.evidence
+
+
+# random-input-loss --------------------------------------------------------------------------
+@_pred("held-out samples: the real inputs predict the labels no better than noise (labels not "
+       "paired with their inputs)")
+def labels_unpaired(f: Finding) -> bool:
+    return "holdout_gain" in f.evidence
+
+
+@_pred("the outputs ignore the input, or the real inputs carry nothing usable")
+def input_unused(f: Finding) -> bool:
+    return "holdout_gain" not in f.evidence
+
+
+# unused-parameter ---------------------------------------------------------------------------
+@_pred("modules run in forward but not registered, and never trained")
+def unregistered_untrained(f: Finding) -> bool:
+    return "module_class" in f.evidence and f.severity is Severity.ERROR
+
+
+# ------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class Link:
+    """Cause ``cause`` explains symptom ``symptom`` when ``cause_is(cause finding)`` and
+    ``symptom_is(symptom finding)`` hold, ``because`` (one line, shown to the user)."""
+
+    cause: str
+    symptom: str
+    because: str
+    cause_is: Predicate = ANY
+    symptom_is: Predicate = ANY
+
+    def holds(self, cause: Finding, symptom: Finding) -> bool:
+        return (cause.check == self.cause and symptom.check == self.symptom
+                and self.cause_is(cause) and self.symptom_is(symptom))
+
+    @property
+    def condition(self) -> str:
+        """The condition in words (for documentation and test ids)."""
+        return f"{self.cause}: {self.cause_is.__doc__}; {self.symptom}: {self.symptom_is.__doc__}"
+
+
+def _links(cause: str, cause_is: Predicate, rows: Iterable[tuple[str, Predicate, str]]) -> list[Link]:
+    return [Link(cause, symptom, because, cause_is, symptom_is) for symptom, symptom_is, because in rows]
+
+
+# Checks that describe an outcome but cannot name why: they lead only when nothing
+# present explains them (then with low confidence).
+SYMPTOM_ONLY = frozenset({"loss-not-decreasing", "overfit-tiny-batch", "chance-level-loss", "activation-std"})
+
+# The experiments (overfit-tiny-batch, lr-sweep, random-input-loss) train copies in their
+# own loop, which zeroes the gradients and does not reuse the script's data order:
+# grad-not-zeroed, repeated-batch and an unshuffled data set do not explain their verdicts.
+LINKS: tuple[Link, ...] = tuple([
+    # -- data ---------------------------------------------------------------------------
+    *_links("input-normalization", inputs_unscaled, [
+        ("activation-std", acts_exploding, "the first layers' outputs scale with the unnormalised inputs"),
+        ("update-ratio", ratio_high, "a weight's gradient scales with its input, so large inputs give huge updates"),
+        ("exploding-gradient", ANY, "gradients scale with the unnormalised inputs"),
+        ("chance-level-loss", ANY, "large inputs give large initial logits, confidently wrong"),
+        ("saturated-activation", ANY, "large pre-activations push sigmoid/tanh to their rails"),
+        ("dead-relu", ANY, "large pre-activations and large updates switch ReLU units off"),
+        ("vanishing-gradient", ANY, "saturated units from large inputs pass no gradient back"),
+        ("nan-trace", nan_not_backward, "large inputs overflow the activations"),
+        ("nan-trace", nan_after_blowup, "huge updates from large inputs blow the weights up"),
+        ("lr-sweep", ANY, "no learning rate suits both the input scale and the weights; the sweep tunes around it"),
+        ("overfit-tiny-batch", ANY, "unnormalised inputs make the optimisation ill-conditioned"),
+        ("loss-not-decreasing", ANY, "unnormalised inputs make the optimisation ill-conditioned"),
+    ]),
+    *_links("input-normalization", inputs_empty, [
+        ("activation-std", acts_vanishing, "zero or constant inputs carry no variation through the layers"),
+        ("dead-relu", ANY, "with zero inputs a ReLU sees only its bias, negative for half the units"),
+        ("frozen-layer", grads_exactly_zero, "a weight's gradient is its input times the error: zero inputs give zero gradients"),
+        ("random-input-loss", ANY, "the real inputs are no better than zeros because they are zeros/constant"),
+        ("update-ratio", ratio_low, "zero inputs give (near) zero gradients for the first layer"),
+        ("overfit-tiny-batch", ANY, "identical inputs cannot be mapped to different labels"),
+        ("loss-not-decreasing", loss_stalled, "the model can only learn the label prior from empty inputs"),
+        ("lr-sweep", ANY, "no learning rate helps when the inputs carry nothing"),
+    ]),
+    *_links("label-distribution", labels_out_of_range, [
+        ("nan-trace", ANY, "an out-of-range label indexes outside the logits"),
+        ("loss-not-decreasing", ANY, "targets outside the output's classes cannot be fitted"),
+        ("overfit-tiny-batch", ANY, "targets outside the output's classes cannot be fitted"),
+        ("lr-sweep", ANY, "targets outside the output's classes cannot be fitted at any LR"),
+        ("gradient-check", gradcheck_nonfinite, "an out-of-range label makes the loss non-finite"),
+    ]),
+    *_links("label-distribution", labels_unshuffled, [
+        ("loss-not-decreasing", ANY, "single-class batches pull the model to the current class, step after step"),
+    ]),
+    *_links("label-distribution", labels_one_class, [
+        ("random-input-loss", ANY, "with a single label the inputs are useless: a constant is optimal"),
+    ]),
+    *_links("repeated-batch", ANY, [
+        ("label-distribution", labels_unshuffled, "the same batch again and again holds the same classes"),
+    ]),
+    *_links("random-input-loss", labels_unpaired, [
+        ("loss-not-decreasing", loss_stalled, "labels not paired with their inputs cannot be predicted from them"),
+        ("overfit-tiny-batch", ANY, "unpaired labels can only be memorised, which is slow"),
+        ("lr-sweep", ANY, "with unpaired labels no learning rate generalises; the sweep measures noise"),
+    ]),
+    *_links("random-input-loss", input_unused, [
+        ("loss-not-decreasing", loss_stalled, "outputs that ignore the input can only learn the label prior"),
+        ("overfit-tiny-batch", ANY, "outputs that ignore the input cannot separate the samples"),
+        ("lr-sweep", ANY, "outputs that ignore the input learn nothing at any LR"),
+    ]),
+    # -- loss ---------------------------------------------------------------------------
+    *_links("loss-input-format", loss_squashed, [
+        ("lr-sweep", ANY, "squashed outputs shrink the gradients, so a larger LR looks better and nothing is tuned right"),
+        ("overfit-tiny-batch", ANY, "the double squashing bounds the logits, so the loss cannot approach 0"),
+        ("loss-not-decreasing", loss_stalled, "the double squashing shrinks the gradients and bounds the loss"),
+        ("vanishing-gradient", ANY, "the extra softmax/sigmoid multiplies the gradient by its small Jacobian"),
+        ("update-ratio", ratio_low, "the shrunken gradients make tiny updates"),
+        ("chance-level-loss", ANY, "the loss is computed on probabilities, not logits, so its start is off"),
+        ("saturated-activation", ANY, "the output sigmoid before the loss saturates"),
+        ("random-input-loss", ANY, "crippled learning makes the real inputs look no better than noise"),
+    ]),
+    *_links("loss-input-format", loss_unbounded, [
+        ("loss-not-decreasing", ANY, "an unbounded loss is minimised by inflating one output, not by learning"),
+        ("exploding-gradient", ANY, "minimising an unbounded loss inflates outputs and gradients without end"),
+        ("update-ratio", ratio_high, "an unbounded loss keeps pushing the weights"),
+        ("activation-std", acts_exploding, "minimising an unbounded loss inflates the activations"),
+        ("nan-trace", ANY, "the inflated outputs overflow"),
+        ("lr-sweep", ANY, "an unbounded loss rewards any step size that inflates the outputs"),
+        ("overfit-tiny-batch", ANY, "an unbounded loss has no floor to reach"),
+        ("chance-level-loss", ANY, "raw outputs are not log-probabilities, so the start is off"),
+    ]),
+    # -- gradients and the update --------------------------------------------------------
+    *_links("grad-not-zeroed", ANY, [
+        ("exploding-gradient", ANY, "the .grad keeps the sum of all past gradients, so its norm grows step after step"),
+        ("update-ratio", ratio_high, "each step applies the sum of all past gradients"),
+        ("loss-not-decreasing", ANY, "stale, summed gradients point in an old direction with a growing step"),
+        ("nan-trace", nan_after_blowup, "the summed gradients grow until the weights blow up"),
+        ("activation-std", acts_exploding, "ever larger updates inflate the weights and the activations"),
+        ("dead-relu", ANY, "ever larger updates switch ReLU units off"),
+        ("saturated-activation", ANY, "ever larger updates push sigmoid/tanh units to their rails"),
+    ]),
+    *_links("nan-trace", nan_at_source, [
+        ("exploding-gradient", ANY, "a growth ratio from non-finite or zero values is not an explosion"),
+        ("update-ratio", ANY, "non-finite gradients make non-finite updates"),
+        ("activation-std", ANY, "non-finite values corrupt every layer after them"),
+        ("lr-sweep", ANY, "every trial meets the same non-finite values"),
+        ("random-input-loss", ANY, "every trial meets the same non-finite values"),
+        ("loss-not-decreasing", ANY, "the loss is non-finite from that step on"),
+    ]),
+    *_links("nan-trace", ANY, [
+        ("gradient-check", gradcheck_nonfinite, "finite differences of a non-finite loss are meaningless; the backward may be right"),
+        ("overfit-tiny-batch", overfit_nonfinite, "the tiny-batch loss meets the same non-finite values"),
+    ]),
+    *_links("gradient-check", gradcheck_wrong_backward, [
+        ("overfit-tiny-batch", ANY, "a wrong backward steers the optimiser in a wrong direction"),
+        ("loss-not-decreasing", ANY, "a wrong backward steers the optimiser in a wrong direction"),
+        ("lr-sweep", ANY, "a wrong backward steers every trial in a wrong direction"),
+        ("exploding-gradient", ANY, "a wrong backward can produce arbitrarily large gradients"),
+        ("vanishing-gradient", ANY, "a wrong backward can drop the gradient"),
+        ("nan-trace", nan_after_blowup, "a wrong backward can produce non-finite gradients"),
+    ]),
+    *_links("exploding-gradient", ANY, [
+        ("nan-trace", nan_after_blowup, "the gradients grew until the weights or gradients overflowed"),
+        ("activation-std", acts_exploding, "huge gradient steps inflate the weights and the activations"),
+        ("loss-not-decreasing", loss_diverging, "huge gradient steps overshoot, so the loss rises"),
+        ("dead-relu", ANY, "one huge update can switch ReLU units off for good"),
+    ]),
+    *_links("update-ratio", ratio_high, [
+        ("exploding-gradient", ANY, "updates that rewrite the weights each step make the gradients grow"),
+        ("activation-std", acts_exploding, "updates that rewrite the weights inflate the activations"),
+        ("nan-trace", nan_after_blowup, "updates that rewrite the weights blow them up"),
+        ("loss-not-decreasing", ANY, "updates that large overshoot the minimum"),
+        ("dead-relu", ANY, "one huge update can switch ReLU units off for good"),
+        ("saturated-activation", ANY, "huge updates push sigmoid/tanh units to their rails"),
+        ("overfit-tiny-batch", ANY, "the same too-large steps keep the tiny batch from being fitted"),
+        ("gradient-check", gradcheck_nonfinite, "the blown-up weights make the loss non-finite"),
+    ]),
+    *_links("update-ratio", ratio_low, [
+        ("loss-not-decreasing", loss_stalled, "updates too small to matter leave the loss where it is"),
+        ("overfit-tiny-batch", ANY, "updates too small to matter cannot fit even a tiny batch"),
+    ]),
+    *_links("lr-sweep", lr_too_high, [
+        ("update-ratio", ratio_high, "a learning rate too high makes updates too large for the weights"),
+        ("exploding-gradient", ANY, "a learning rate too high overshoots and the gradients grow"),
+        ("activation-std", acts_exploding, "a learning rate too high inflates the weights and the activations"),
+        ("loss-not-decreasing", ANY, "a learning rate too high overshoots the minimum"),
+        ("overfit-tiny-batch", ANY, "a learning rate too high overshoots even on a tiny batch"),
+        ("nan-trace", nan_after_blowup, "a learning rate too high blows the weights up"),
+        ("dead-relu", ANY, "one huge update can switch ReLU units off for good"),
+        ("saturated-activation", ANY, "huge updates push sigmoid/tanh units to their rails"),
+    ]),
+    *_links("lr-sweep", lr_too_low, [
+        ("update-ratio", ratio_low, "a learning rate too low makes updates too small to matter"),
+        ("loss-not-decreasing", loss_stalled, "a learning rate too low barely moves the loss"),
+        ("overfit-tiny-batch", ANY, "a learning rate too low cannot fit even a tiny batch in the steps given"),
+    ]),
+    *_links("vanishing-gradient", ANY, [
+        ("frozen-layer", grads_zero_or_unchanged, "the early layers' gradients are too small to change their weights"),
+        ("update-ratio", ratio_low, "vanishing gradients make vanishing updates"),
+        ("loss-not-decreasing", loss_stalled, "the early layers do not learn"),
+        ("overfit-tiny-batch", ANY, "the early layers do not learn"),
+        ("random-input-loss", input_unused, "the input's signal does not reach the output through the stack"),
+        ("lr-sweep", lr_too_low, "vanishing gradients make every LR look too low"),
+    ]),
+    # -- activations ---------------------------------------------------------------------
+    *_links("dead-relu", ANY, [
+        ("activation-std", acts_vanishing, "dead units output zeros"),
+        ("frozen-layer", grads_exactly_zero, "dead units pass no gradient to the layers before them"),
+        ("vanishing-gradient", ANY, "dead units pass no gradient back"),
+        ("update-ratio", ratio_low, "layers behind dead units get no gradient"),
+        ("loss-not-decreasing", loss_stalled, "dead units pass no signal and no gradient"),
+        ("overfit-tiny-batch", ANY, "dead units pass no signal and no gradient"),
+        ("random-input-loss", input_unused, "dead units cut the input's signal"),
+        ("lr-sweep", lr_too_low, "dead units make every LR look too low"),
+    ]),
+    *_links("saturated-activation", ANY, [
+        ("vanishing-gradient", ANY, "saturated units have a derivative near zero"),
+        ("frozen-layer", grads_zero_or_unchanged, "saturated units pass (almost) no gradient"),
+        ("update-ratio", ratio_low, "saturated units pass (almost) no gradient"),
+        ("loss-not-decreasing", loss_stalled, "saturated units pass (almost) no gradient"),
+        ("overfit-tiny-batch", ANY, "saturated units pass (almost) no gradient"),
+        ("random-input-loss", input_unused, "saturated units output constants whatever the input"),
+        ("lr-sweep", lr_too_low, "saturated units make every LR look too low"),
+    ]),
+    *_links("activation-std", acts_exploding, [
+        ("saturated-activation", ANY, "large pre-activations push sigmoid/tanh to their rails"),
+        ("chance-level-loss", ANY, "large activations give large initial logits"),
+    ]),
+    *_links("activation-std", acts_vanishing, [
+        ("vanishing-gradient", ANY, "weight gradients scale with the (vanishing) activations"),
+    ]),
+    *_links("overfit-tiny-batch", ANY, [
+        ("loss-not-decreasing", loss_stalled, "a model that cannot fit a tiny batch cannot lower the training loss"),
+    ]),
+    # -- parameters and modes -------------------------------------------------------------
+    *_links("weight-init", init_large, [
+        ("activation-std", acts_exploding, "large weights multiply the activations layer after layer"),
+        ("exploding-gradient", ANY, "large weights multiply the gradients layer after layer"),
+        ("chance-level-loss", ANY, "large weights give large, confidently wrong initial logits"),
+        ("saturated-activation", ANY, "large weights push sigmoid/tanh to their rails"),
+        ("vanishing-gradient", ANY, "saturated units from large weights pass no gradient"),
+        ("dead-relu", ANY, "large weights give large negative pre-activations to many units"),
+        ("nan-trace", nan_not_backward, "activations multiplied layer after layer overflow"),
+        ("update-ratio", ratio_low, "large weights make normal updates look small"),
+        ("loss-not-decreasing", ANY, "a badly scaled network trains badly"),
+        ("overfit-tiny-batch", ANY, "a badly scaled network trains badly"),
+        ("lr-sweep", ANY, "no learning rate suits weights of the wrong scale"),
+    ]),
+    *_links("weight-init", init_small, [
+        ("activation-std", acts_vanishing, "small weights shrink the activations layer after layer"),
+        ("vanishing-gradient", ANY, "small weights shrink the gradients layer after layer"),
+        ("update-ratio", ratio_high, "normal updates are large next to tiny weights"),
+        ("loss-not-decreasing", ANY, "a badly scaled network trains badly"),
+        ("overfit-tiny-batch", ANY, "a badly scaled network trains badly"),
+        ("lr-sweep", ANY, "no learning rate suits weights of the wrong scale"),
+        ("random-input-loss", input_unused, "the input's signal shrinks to nothing through the layers"),
+    ]),
+    *_links("weight-init", init_symmetric, [
+        ("activation-std", ANY, "identical units compute identical outputs"),
+        ("dead-relu", ANY, "identical units are all on or all off together"),
+        ("frozen-layer", grads_exactly_zero, "symmetric weights can give exactly zero gradients upstream"),
+        ("vanishing-gradient", ANY, "symmetric weights pass a degenerate gradient"),
+        ("loss-not-decreasing", ANY, "a layer of identical units has the capacity of one unit"),
+        ("overfit-tiny-batch", ANY, "a layer of identical units has the capacity of one unit"),
+        ("lr-sweep", ANY, "no learning rate breaks the symmetry"),
+        ("random-input-loss", ANY, "a layer of identical units keeps little of the input"),
+    ]),
+    *_links("frozen-layer", params_cannot_train, [
+        ("loss-not-decreasing", loss_stalled, "parameters that never update cannot lower the loss"),
+        ("overfit-tiny-batch", ANY, "the copies keep the same frozen/unoptimised parameters"),
+        ("update-ratio", ratio_low, "parameters that never update have no update"),
+        ("lr-sweep", lr_too_low, "parameters that never update make every LR look too low"),
+    ]),
+    *_links("frozen-layer", grads_exactly_zero, [
+        ("loss-not-decreasing", loss_stalled, "layers with zero gradients do not learn"),
+    ]),
+    *_links("unused-parameter", unregistered_untrained, [
+        ("loss-not-decreasing", loss_stalled, "unregistered layers never train"),
+        ("overfit-tiny-batch", ANY, "unregistered layers never train, in the copies too"),
+        ("lr-sweep", ANY, "unregistered layers never train at any LR"),
+        ("update-ratio", ratio_low, "unregistered layers never train"),
+    ]),
+    *_links("train-eval-mode", eval_mode, [
+        ("activation-std", ANY, "in eval mode BatchNorm uses its initial running statistics instead of normalising"),
+        ("exploding-gradient", ANY, "in eval mode BatchNorm does not normalise, so nothing bounds the scale"),
+        ("loss-not-decreasing", ANY, "in eval mode normalisation and dropout behave as at inference"),
+    ]),
+    *_links("train-eval-mode", bn_batch_of_one, [
+        ("frozen-layer", grads_zero_or_unchanged, "BatchNorm of one sample outputs its bias: the layers before get (almost) no gradient"),
+        ("activation-std", ANY, "BatchNorm of one sample outputs a constant"),
+        ("dead-relu", ANY, "BatchNorm of one sample outputs its bias, which a ReLU may cut"),
+        ("vanishing-gradient", ANY, "BatchNorm of one sample passes no gradient to the layers before it"),
+        ("update-ratio", ratio_low, "the layers before BatchNorm get no gradient"),
+        ("loss-not-decreasing", ANY, "the layers before BatchNorm get no gradient"),
+        ("overfit-tiny-batch", ANY, "the experiments meet the same batch of one"),
+        ("lr-sweep", ANY, "the experiments meet the same batch of one"),
+        ("random-input-loss", ANY, "BatchNorm of one sample erases the input"),
+    ]),
+])
+
+
+def explaining_links(cause: Finding, symptom: Finding) -> list[Link]:
+    """The links by which ``cause`` explains ``symptom`` (empty when none holds)."""
+    if cause is symptom or cause.check == symptom.check:
+        return []
+    return [link for link in LINKS if link.holds(cause, symptom)]
+
+
+# ------------------------------------------------------------------------------ summaries
+def _first_sentence(text: str) -> str:
+    text = (text or "").strip()
+    for sep in (". ", "; "):
+        if sep in text:
+            text = text.split(sep, 1)[0]
+    return text.rstrip(".")
+
+
+def _lower_first(text: str) -> str:
+    """'Divide the LR' -> 'divide the LR', keeping names such as 'CrossEntropyLoss'."""
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        return text[0].lower() + text[1:]
+    return text
+
+
+def _fmt(value: Any) -> str:
+    v = _num(value)
+    return f"{v:.3g}" if math.isfinite(v) else str(value)
+
+
+def _summary(f: Finding) -> str:
+    """One sentence: the mechanism and the fix."""
+    c = f.check
+    if c == "input-normalization" and inputs_unscaled(f):
+        return (f"The inputs are not normalised (mean {_fmt(_ev(f, 'mean'))}, std {_fmt(_ev(f, 'std'))}), "
+                "which scales every activation, gradient and update; standardise them with the training "
+                "split's mean and std (divide 0-255 pixels by 255 first).")
+    if c == "input-normalization":
+        return ("The inputs reaching the model are all zeros or constant, so there is nothing to learn from; "
+                "print a batch right before the model and check the data loading and transforms.")
+    if c == "loss-input-format" and loss_squashed(f):
+        return (f"The model's outputs go through a final {_ev(f, 'fed_by')} before a loss that expects raw "
+                "logits, which squashes them twice and shrinks the gradients; remove the final "
+                f"{_ev(f, 'fed_by')} and feed the logits.")
+    if c == "loss-input-format" and loss_unbounded(f):
+        return ("NLLLoss is fed raw outputs instead of log-probabilities, so the loss is unbounded below; "
+                "apply log_softmax first or use CrossEntropyLoss on the logits.")
+    if c == "grad-not-zeroed":
+        return ("Gradients are never reset, so every step applies the sum of all past gradients; call "
+                "optimizer.zero_grad() once per update (or set p.grad = None after a hand-written update).")
+    if c == "frozen-layer" and _ev(f, "kind") == "not_in_optimizer":
+        return ("Trainable parameters are in no optimizer, so they never update; build the optimizer after the "
+                "model exists, over model.parameters().")
+    if c == "frozen-layer" and _ev(f, "kind") == "no_gradient":
+        return ("Layers run in the forward pass but no gradient reaches them, so they never learn; remove the "
+                ".detach()/.data/no_grad/numpy round-trip between them and the loss.")
+    if c == "frozen-layer" and _ev(f, "kind") == "never_changed":
+        return ("Parameters get gradients but never change, so nothing learns; check the learning rate of their "
+                "param group and that the optimizer holds this model's parameters.")
+    if c == "frozen-layer" and _ev(f, "kind") == "all_frozen":
+        return "Every parameter has requires_grad=False, so nothing trains; unfreeze the parameters that must learn."
+    if c == "update-ratio":
+        word = "high" if ratio_high(f) else "low"
+        fix = "lower it (x0.1) or add warm-up/clipping" if word == "high" else "raise it (x10)"
+        return (f"Each update changes the weights by {_fmt(_ev(f, 'median_ratio'))} of their norm (~1e-3 is "
+                f"healthy): the learning rate is too {word}; {fix}.")
+    if c == "lr-sweep":
+        word = "high" if lr_too_high(f) else "low"
+        return f"The LR sweep shows your learning rate ({_fmt(_ev(f, 'base_lr'))}) is too {word}; {_lower_first(_first_sentence(f.fix))}."
+    if c == "weight-init":
+        kind = _ev(f, "kind") or "wrong"
+        what = "all equal, so the units never differentiate" if kind == "symmetric" else f"too {kind} for their fan-in"
+        return (f"The initial weights are {what}; use Kaiming (ReLU) or Xavier (tanh/sigmoid) init, "
+                "or PyTorch's defaults.")
+    if c == "nan-trace":
+        where = f.where or "the model"
+        return (f"Non-finite values start in `{where}`, and everything computed after them is meaningless; "
+                f"{_lower_first(_first_sentence(f.fix))}.")
+    text = f"{_first_sentence(f.message)}; {_lower_first(_first_sentence(f.fix))}."
+    return text[0].upper() + text[1:] if text[0].islower() else text
+
+
+# ------------------------------------------------------------------------------ diagnosis
+@dataclass
+class Diagnosis:
+    """The most likely root cause (CONTRACT §6). ``explains``: the check ids it explains;
+    ``because``: symptom id -> the link's one-line reason; ``confirmed``: filled by an
+    intervention (``confirm``), None when none ran."""
+
+    cause: str
+    confidence: str
+    explains: list[str] = field(default_factory=list)
+    summary: str = ""
+    confirmed: dict[str, Any] | None = None
+    because: dict[str, str] = field(default_factory=dict)
+
+    def confirm(self, intervention: str, probe: str, before: str, after: str, **more: Any) -> None:
+        """Record that applying the fix on a copy removed the symptom ``probe`` showed."""
+        self.confirmed = {"intervention": intervention, "probe": probe, "before": before, "after": after, **more}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cause": self.cause, "confidence": self.confidence, "explains": list(self.explains),
+                "confirmed": self.confirmed, "summary": self.summary, "because": dict(self.because)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Diagnosis | None":
+        if not data:
+            return None
+        return cls(cause=data["cause"], confidence=data.get("confidence", "low"),
+                   explains=list(data.get("explains") or []), summary=data.get("summary") or "",
+                   confirmed=data.get("confirmed"), because=dict(data.get("because") or {}))
+
+
+@dataclass
+class _Group:
+    heads: list[Finding]
+    explained: list[Finding]
+    from_cycle: bool
+    reasons: dict[str, str]
+
+
+def _sev_key(f: Finding) -> tuple:
+    return (-f.severity.rank, f.check, f.where or "")
+
+
+def _groups(findings: Sequence[Finding]) -> tuple[list[_Group], list[Finding]]:
+    """Greedy ranking of root causes over the warning/error findings; returns the groups
+    in rank order and the findings left over (info findings that nothing explains)."""
+    idx = {id(f): i for i, f in enumerate(findings)}
+    pool = [f for f in findings if f.severity.rank >= Severity.WARNING.rank]
+    edges: dict[int, list[tuple[Finding, str]]] = {}
+    for c in pool:
+        for s in findings:
+            links = explaining_links(c, s)
+            if links:
+                edges.setdefault(id(c), []).append((s, links[0].because))
+    remaining = {id(f) for f in pool}
+
+    def reach(starts: list[Finding], within: set[int]) -> list[tuple[Finding, str]]:
+        seen: set[int] = {id(f) for f in starts}
+        out: list[tuple[Finding, str]] = []
+        stack = list(starts)
+        while stack:
+            node = stack.pop()
+            for s, because in edges.get(id(node), []):
+                if id(s) in seen or id(s) not in within:
+                    continue
+                seen.add(id(s))
+                out.append((s, because))
+                stack.append(s)
+        return out
+
+    groups: list[_Group] = []
+    while remaining:
+        live = [f for f in pool if id(f) in remaining]
+        explained_now = {id(s) for c in live for s, _ in edges.get(id(c), []) if id(s) in remaining}
+        cands = [f for f in live if id(f) not in explained_now]
+        from_cycle = not cands
+        cands = cands or live
+
+        def score(f: Finding) -> tuple:
+            r = [s for s, _ in reach([f], remaining)]
+            worst = max([f.severity.rank, *(s.severity.rank for s in r)])
+            return (worst, f.check not in SYMPTOM_ONLY, f.severity.rank,
+                    len({s.check for s in r}), -idx[id(f)])
+
+        best = max(cands, key=score)
+        heads = sorted([f for f in cands if f.check == best.check], key=_sev_key)
+        found = reach(heads, remaining)
+        for f in heads:
+            remaining.discard(id(f))
+        for s, _ in found:
+            remaining.discard(id(s))
+        groups.append(_Group(heads, [s for s, _ in found], from_cycle, {}))
+        for s, because in found:
+            groups[-1].reasons.setdefault(s.check, because)
+    # Info findings: explained by the first group whose members explain them.
+    placed = {id(f) for g in groups for f in [*g.heads, *g.explained]}
+    rest: list[Finding] = []
+    for f in findings:
+        if id(f) in placed:
+            continue
+        for g in groups:
+            hit = next((because for m in [*g.heads, *g.explained] for s, because in edges.get(id(m), [])
+                        if s is f), None)
+            if hit is not None:
+                g.explained.append(f)
+                g.reasons.setdefault(f.check, hit)
+                break
+        else:
+            rest.append(f)
+    return groups, rest
+
+
+def candidates(findings: Sequence[Finding]) -> list[str]:
+    """The root-cause candidates' check ids, most likely first (for interventions that
+    try the leading candidates in turn)."""
+    groups, _ = _groups(list(findings))
+    return [g.heads[0].check for g in groups]
+
+
+def diagnose(findings: list[Finding]) -> Diagnosis | None:
+    """Set ``explained_by`` on every explained finding, reorder ``findings`` in place
+    (root cause, what it explains, then the rest), and return the diagnosis (None when
+    no finding is a warning or an error)."""
+    for f in findings:
+        f.explained_by = None
+    base = sorted(findings, key=_sev_key)
+    groups, rest = _groups(base)
+    ordered: list[Finding] = []
+    for g in groups:
+        for s in g.explained:
+            s.explained_by = g.heads[0].check
+        ordered.extend(g.heads)
+        ordered.extend(sorted(g.explained, key=_sev_key))
+    ordered.extend(sorted(rest, key=_sev_key))
+    findings[:] = ordered
+    if not groups:
+        return None
+    g = groups[0]
+    head = g.heads[0]
+    explains = list(dict.fromkeys(s.check for s in sorted(g.explained, key=_sev_key)))
+    if head.check in SYMPTOM_ONLY:
+        confidence = "low"
+    elif g.from_cycle or (head.severity is not Severity.ERROR and not g.explained):
+        confidence = "medium"
+    else:
+        confidence = "high"
+    return Diagnosis(cause=head.check, confidence=confidence, explains=explains,
+                     summary=_summary(head), because={k: g.reasons[k] for k in explains if k in g.reasons})
