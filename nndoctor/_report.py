@@ -223,6 +223,18 @@ class Report:
 
         print_report(self, console=console, verbose=verbose)
 
+    def _repr_html_(self) -> str:
+        """The report in a notebook: a compact table, the diagnosis first."""
+        from .reporters.html import render_html
+
+        return render_html(self)
+
+    def __rich__(self) -> Any:
+        """The console report as rich renderables (``rich.print(report)``)."""
+        from .reporters.console import render_report
+
+        return render_report(self)
+
     def to_tensorboard(self, logdir_or_writer: Any) -> Any:
         """Write the findings (and observed series, when present) as TensorBoard events."""
         from .reporters.tensorboard import write_report
