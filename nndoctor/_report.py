@@ -200,8 +200,10 @@ class Report:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
             target = Path(path)
+            # The file's own folder may be created, not a tree above it (a typo must not
+            # scatter folders): a missing grandparent raises FileNotFoundError.
             if target.parent and not target.parent.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(exist_ok=True)
             target.write_text(text + "\n", encoding="utf-8")
         return text
 

@@ -49,6 +49,8 @@ class FailOn(str, enum.Enum):
 class OutputFormat(str, enum.Enum):
     text = "text"
     json = "json"
+    github = "github"
+    sarif = "sarif"
 
 
 class ExplainFormat(str, enum.Enum):
@@ -65,10 +67,47 @@ app = typer.Typer(
     name="nndoctor",
     help="Diagnoses why a PyTorch network is not training.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"nndoctor {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print nndoctor's version and exit."),
+) -> None:
+    """Diagnoses why a PyTorch network is not training."""
+
+
+class _CheckCommand(typer.core.TyperCommand):
+    """``nndoctor check``: an unknown option is most often the script's own option given
+    without ``--``; say so."""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        given = list(args)  # the parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            # click's NoSuchOption (typer >= 0.2x vendors its own copy of click: match by name)
+            if type(exc).__name__ != "NoSuchOption" or not hasattr(exc, "option_name"):
+                raise
+            script = next((a for a in given if not a.startswith("-")), "train.py")
+            i = given.index(exc.option_name) if exc.option_name in given else -1
+            rest = " ".join(a for a in given[i:] if a != script) if i >= 0 else exc.option_name
+            exc.message = (f"{exc.message.rstrip('.')}. Script options go after --: "
+                           f"nndoctor check {script} -- {rest}")
+            exc.possibilities = None  # "did you mean --logdir?" misleads here
+            raise
 
 
 def _out() -> Console:
@@ -187,7 +226,7 @@ def _no_training_message(run: Any, timeout: float) -> str:
     return f"{head}; {what}.\n{advice}"
 
 
-@app.command(no_args_is_help=True)
+@app.command(no_args_is_help=True, cls=_CheckCommand)
 def check(
     script: str = typer.Argument(..., help="The training script to run (unmodified).", metavar="SCRIPT"),
     script_args: Optional[List[str]] = typer.Argument(
@@ -204,8 +243,11 @@ def check(
     fail_on: FailOn = typer.Option(FailOn.error, "--fail-on", case_sensitive=False,
                                    help="Exit 1 when a finding is at least this severe."),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", case_sensitive=False,
-                                               help="text: the console report; json: the JSON report on "
-                                                    "stdout and nothing else."),
+                                               help="text: the console report; json: the JSON report; "
+                                                    "github: GitHub Actions annotations; sarif: SARIF 2.1.0. "
+                                                    "Other than text, stdout carries the report only."),
+    exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the findings (still 2 when "
+                                   "nndoctor could not run, 3 when the script raised)."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0,
                                   help="Wall-clock budget in seconds for the script to produce the steps, "
                                        "and again for the experiments (0: none)."),
@@ -224,7 +266,8 @@ def check(
     from ._runner import Outcome, run_script
 
     err = _err()
-    json_mode = output_format is OutputFormat.json
+    _check_output_paths(json_path, logdir)
+    json_mode = output_format is not OutputFormat.text  # stdout carries the report only
     progress = _Progress(err, script, steps, verbose)
     # In JSON mode stdout carries the report only: the script's prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
@@ -289,11 +332,7 @@ def check(
             report.to_json(json_path)
         except OSError as exc:
             raise _fail(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
-    if json_mode:
-        sys.stdout.write(report.to_json() + "\n")
-        sys.stdout.flush()
-    else:
-        report.print(_out(), verbose=verbose)
+    _emit_report(report, output_format, verbose)
 
     for note in run.notes:
         err.print(f"[dim]nndoctor: note: {escape(note)}[/]", soft_wrap=True)
@@ -309,6 +348,9 @@ def check(
         raise typer.Exit(int(ExitCode.SCRIPT_RAISED))
     if run.outcome is Outcome.INTERRUPTED:
         raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.")
+    if run.experiments == "interrupted":
+        raise _fail(f"interrupted during the experiments after {run.steps} watched step(s); the report "
+                    f"above covers the watched steps and the experiments that had finished.")
     if run.outcome is Outcome.TIMEOUT:
         err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {timeout:g} s with "
                   f"{run.steps} of {steps} step(s) watched; the report covers those. Raise --timeout "
@@ -325,8 +367,43 @@ def check(
         ids = ", ".join(dict.fromkeys(f.check for f in failing))
         err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on.value}' ({escape(ids)}); "
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
-        raise typer.Exit(int(ExitCode.FINDINGS))
+        if not exit_zero:
+            raise typer.Exit(int(ExitCode.FINDINGS))
     raise typer.Exit(int(ExitCode.OK))
+
+
+def _check_output_paths(json_path: "Path | None", logdir: "Path | None") -> None:
+    """Refuse, before running anything, to write into folders that do not exist: a typo in
+    ``--json`` must not create a tree of folders somewhere."""
+    if json_path is not None:
+        parent = json_path.expanduser().parent
+        if not parent.is_dir():
+            raise _fail(f"cannot write the JSON report to {json_path}: the folder {parent} does not exist. "
+                        f"Create it first, or give a path in an existing folder.")
+    if logdir is not None:
+        parent = logdir.expanduser().parent
+        if not logdir.expanduser().is_dir() and not parent.is_dir():
+            raise _fail(f"cannot write TensorBoard files to {logdir}: its parent folder {parent} does not "
+                        f"exist. Create it first, or give a logdir in an existing folder.")
+
+
+def _emit_report(report: Any, output_format: "OutputFormat", verbose: bool) -> None:
+    """The report on stdout, in the chosen format."""
+    if output_format is OutputFormat.text:
+        report.print(_out(), verbose=verbose)
+        return
+    if output_format is OutputFormat.json:
+        text = report.to_json() + "\n"
+    elif output_format is OutputFormat.github:
+        from .reporters.annotations import github_annotations
+
+        text = github_annotations(report)
+    else:
+        from .reporters.annotations import sarif_text
+
+        text = sarif_text(report)
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _project_config(script: str) -> dict:
