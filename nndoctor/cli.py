@@ -467,25 +467,15 @@ def checks_command(
     if output_format is ListFormat.json:
         import json
 
-        rows = [{"id": c.id, "severity": c.severity.value, "family": c.family, "kind": c.kind,
+        rows = [{"id": c.id, "severity": c.severity.value, "family": c.family,
+                 "kind": "watch" if c.kind == "passive" else c.kind,
                  "title": c.title} for c in REGISTRY.values()]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    from rich.table import Table
+    from .reporters.console import checks_table
 
-    from .reporters.console import SEVERITY_STYLE
-
-    table = Table(title=f"nndoctor checks ({len(REGISTRY)})", title_justify="left")
-    table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("title")
-    for c in REGISTRY.values():
-        table.add_row(c.id, f"[{SEVERITY_STYLE[c.severity]}]{c.severity.value}[/]", c.family,
-                      "watch" if c.kind == "passive" else c.kind, c.title)
     console = _out()
-    console.print(table)
+    console.print(checks_table(REGISTRY, console.width))
     console.print("[dim]`nndoctor explain ID` describes a check.[/]")
 
 
