@@ -488,7 +488,7 @@ def explain(
     """What a check measures, why, its thresholds, how to fix, the sources."""
     import difflib
 
-    from ._catalogue import render_check_page
+    from ._catalogue import render_explain
     from .checks._registry import REGISTRY
 
     cls = REGISTRY.get(check_id.strip().lower())
@@ -496,7 +496,7 @@ def explain(
         close = difflib.get_close_matches(check_id.lower(), list(REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise _fail(f"unknown check id {check_id!r}.{hint} `nndoctor checks` lists them all.")
-    page = render_check_page(cls)
+    page = render_explain(cls)
     if output_format is ExplainFormat.markdown:
         sys.stdout.write(page)
         return
