@@ -235,7 +235,8 @@ def check(
                               "or a backward where weights are updated by hand)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (schema 1) here.",
                                              dir_okay=False),
-    logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures here.",
+    logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures in "
+                                          "a new run-<date>-<time> folder inside this one.",
                                           file_okay=False),
     select: Optional[str] = typer.Option(None, "--select", help="Run only these checks: ID,ID,..."),
     ignore: Optional[str] = typer.Option(None, "--ignore", help="Skip these checks: ID,ID,..."),
@@ -320,8 +321,9 @@ def check(
     # Outputs: TensorBoard first (the console report then names the logdir), JSON, console.
     if logdir is not None:
         try:
-            report.to_tensorboard(str(logdir))
-            report.logdir = str(logdir)
+            run_dir = run_logdir(logdir)
+            report.to_tensorboard(str(run_dir))
+            report.logdir = str(run_dir)
         except ImportError as exc:
             err.print(f"[yellow]nndoctor: --logdir needs TensorBoard support: {escape(str(exc))}[/]")
         except Exception as exc:
@@ -370,6 +372,26 @@ def check(
         if not exit_zero:
             raise typer.Exit(int(ExitCode.FINDINGS))
     raise typer.Exit(int(ExitCode.OK))
+
+
+def run_logdir(base: "str | Path", *, now: Any = None) -> Path:
+    """A fresh sub-directory of ``--logdir`` for this run (``run-20261203-110459``, then
+    ``..._1``, ``_2`` if taken), so that a second run never appends to the first one's
+    events or overwrites its PNG figures; TensorBoard pointed at ``base`` shows each run
+    as its own line (as Lightning's ``version_N`` folders do)."""
+    import datetime
+
+    base = Path(base)
+    stamp = (now or datetime.datetime.now()).strftime("run-%Y%m%d-%H%M%S")
+    base.mkdir(exist_ok=True)  # its parent exists: checked before the run
+    candidate, n = base / stamp, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base / f"{stamp}_{n}"
 
 
 def _check_output_paths(json_path: "Path | None", logdir: "Path | None") -> None:

@@ -178,3 +178,32 @@ def test_to_json_creates_the_files_folder_only(tmp_path):
     with pytest.raises(FileNotFoundError):
         Report().to_json(tmp_path / "a" / "b" / "r.json")
     assert not (tmp_path / "a").exists()
+
+
+def test_each_logdir_run_gets_its_own_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    import datetime
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nndoctor.cli import run_logdir
+
+    logdir = tmp_path / "tb"
+    for _ in range(2):
+        r = cli("check", SOFTMAX, "--steps", "4", "--no-experiments", "--logdir", logdir)
+        assert r.exit_code == ExitCode.FINDINGS, r.output
+    runs = sorted(p for p in logdir.iterdir() if p.is_dir())
+    assert len(runs) == 2 and all(p.name.startswith("run-") for p in runs)
+    for run in runs:
+        events = [p for p in run.iterdir() if p.name.startswith("events.out.tfevents")]
+        assert len(events) == 1  # one run, one events file: nothing appended to another run
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps = [e.step for tag in acc.Tags()["scalars"] if "loss" in tag for e in acc.Scalars(tag)]
+        assert steps and len(steps) == len(set(steps))  # no zig-zag: each step once per tag
+    assert not [p for p in logdir.iterdir() if p.is_file()]  # nothing at the top level
+    # same second: a numbered sibling, never the same folder
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    first, second = run_logdir(tmp_path / "x", now=now), run_logdir(tmp_path / "x", now=now)
+    assert first.name == "run-20260102-030405" and second.name == "run-20260102-030405_1"
+    assert "TensorBoard: tensorboard --logdir" in r.stdout
