@@ -205,7 +205,11 @@ def _no_training_message(run: Any, timeout: float) -> str:
         head = f"interrupted before any training step of {script}"
     else:
         head = f"no training found to watch: {script} ran to its end in {run.seconds:.1f} s"
-    if run.model is not None:
+    if run.outcome is Outcome.TIMEOUT and (run.model is not None or seen.root_calls):
+        head = f"the first training step of {script} did not finish within --timeout {timeout:g} s"
+        what = (f"the model {run.model} was found" if run.model is not None
+                else f"seen so far: {seen.describe()}")
+    elif run.model is not None:
         what = (f"the model {run.model} was called {seen.model_calls} time(s) with gradients enabled, "
                 f"but backward() was never called on a loss (forward seen but no backward)")
     elif seen.root_calls:

@@ -207,3 +207,19 @@ def test_each_logdir_run_gets_its_own_folder(tmp_path):
     first, second = run_logdir(tmp_path / "x", now=now), run_logdir(tmp_path / "x", now=now)
     assert first.name == "run-20260102-030405" and second.name == "run-20260102-030405_1"
     assert "TensorBoard: tensorboard --logdir" in r.stdout
+
+
+def test_slow_first_step_says_so(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import time\nimport torch\nfrom torch import nn\n\n"
+        "class Slow(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n        time.sleep(30)\n        return self.fc(x)\n\n"
+        "model = Slow()\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for _ in range(3):\n    loss = model(torch.randn(8, 4)).pow(2).mean()\n"
+        "    opt.zero_grad(); loss.backward(); opt.step()\n")
+    result = runner.invoke(app, ["check", str(script), "--timeout", "3"], env={"COLUMNS": "300"})
+    assert result.exit_code == ExitCode.USAGE_OR_INTERNAL
+    assert "did not finish within --timeout 3 s" in " ".join(result.output.split())
+    assert "no module forward with gradients" not in result.output

@@ -131,3 +131,13 @@ def test_checks_list_is_readable_at_width(width):
         assert " ".join(cls.title.split()) in flat or all(w in flat for w in cls.title.split())
     # one row per check plus wrapped title lines: far fewer than 8 lines per check
     assert len(lines) <= 3 * len(REGISTRY) + 12
+
+
+def test_verbose_prints_a_shared_reason_once():
+    report = _report()
+    report.checks_skipped = [{"check": c, "reason": "the loss is custom code that nndoctor cannot rebuild"}
+                             for c in ("overfit-tiny-batch", "random-input-loss", "lr-sweep", "gradient-check")]
+    text = "\n".join(_render(report, 80, verbose=True))
+    assert text.count("cannot rebuild") == 1
+    flat = " ".join(text.split())
+    assert "overfit-tiny-batch, random-input-loss, lr-sweep, gradient-check: the loss is custom code" in flat

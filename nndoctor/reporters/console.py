@@ -193,11 +193,16 @@ def skipped_section(report: Report, *, verbose: bool = False) -> list[Any]:
     if not report.checks_skipped:
         return []
     if verbose:
-        table = Table("skipped check", "why", show_header=True, header_style="dim", box=None)
-        table.columns[0].no_wrap = True
+        # One line per reason: the same reason for five checks is printed once.
+        by_reason: dict[str, list[str]] = {}
         for s in report.checks_skipped:
-            table.add_row(s["check"], s["reason"])
-        return [table]
+            by_reason.setdefault(s["reason"], []).append(s["check"])
+        out: list[Any] = [Text("Skipped checks:", style="dim")]
+        for reason, ids in by_reason.items():
+            line = Text("- " + ", ".join(ids), style="bold dim")
+            line.append(f": {reason}", style="dim")
+            out.append(Hanging(line, first=2, rest=4))
+        return out
     shown = [s["check"] for s in report.checks_skipped if s.get("reason") != NOT_DISTRIBUTED]
     if not shown:
         return []
