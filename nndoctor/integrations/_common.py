@@ -33,9 +33,8 @@ def _detached(value: Any) -> Any:
 
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)({k: _detached(v) for k, v in value.items()}) if type(value) is dict else \
-            {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a plain dict (a BatchEncoding or other mapping becomes one)
+        return {k: _detached(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         items = [_detached(v) for v in value]
         return tuple(items) if isinstance(value, tuple) else items
