@@ -181,7 +181,7 @@ class _Progress:
         elif kind == "experiments-done":
             if hasattr(self, "exp_task"):
                 self.progress.update(self.exp_task, visible=False)
-            self.log(f"experiments done in {info['seconds']:.1f} s")
+            # no "done in 0.0 s" here: the final line says whether they ran or were skipped
 
 
 def _steps_text(run: Any) -> str:
@@ -345,7 +345,9 @@ def check(
     if verbose:
         err.print(f"[dim]nndoctor: watched {run.steps} step(s) of {escape(str(run.model))} "
                   f"({escape(str(run.optimizer or 'hand-written updates'))}) in {run.seconds:.1f} s; "
-                  f"experiments: {escape(run.experiments)} ({run.experiment_seconds:.1f} s)[/]", soft_wrap=True)
+                  f"experiments: {escape(run.experiments)}"
+                  + (f" ({run.experiment_seconds:.1f} s)" if run.experiments == "ran" else "") + "[/]",
+                  soft_wrap=True)
     elif run.experiments.startswith("skipped: ") and not no_experiments:
         err.print(f"[dim]nndoctor: experiments {escape(run.experiments)}[/]", soft_wrap=True)
 
