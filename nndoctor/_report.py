@@ -229,8 +229,10 @@ class Report:
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
             target = Path(path)
+            # The file's own folder may be created, not a tree above it (a typo must not
+            # scatter folders): a missing grandparent raises FileNotFoundError.
             if target.parent and not target.parent.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target.parent.mkdir(exist_ok=True)
             target.write_text(text + "\n", encoding="utf-8")
         return text
 
@@ -256,6 +258,18 @@ class Report:
         from .reporters.console import print_report
 
         print_report(self, console=console, verbose=verbose)
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook: a compact table, the diagnosis first."""
+        from .reporters.html import render_html
+
+        return render_html(self)
+
+    def __rich__(self) -> Any:
+        """The console report as rich renderables (``rich.print(report)``)."""
+        from .reporters.console import render_report
+
+        return render_report(self)
 
     def to_tensorboard(self, logdir_or_writer: Any) -> Any:
         """Write the findings (and observed series, when present) as TensorBoard events."""

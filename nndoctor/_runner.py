@@ -652,9 +652,13 @@ def run_script(
     else:
         t0 = time.monotonic()
         session.emit("experiments", checks=wanted_experiments)
-        report, run.experiments = _run_experiments(
-            session, report, wanted_experiments, select=select, ignore=ignore, thresholds=thresholds,
-        )
+        try:
+            report, run.experiments = _run_experiments(
+                session, report, wanted_experiments, select=select, ignore=ignore, thresholds=thresholds,
+            )
+        except KeyboardInterrupt:  # Ctrl-C: keep what the watched steps showed
+            run.experiments = "interrupted"
+            report = _skip(report, wanted_experiments, "interrupted (Ctrl-C) during the experiments")
         run.experiment_seconds = time.monotonic() - t0
         session.emit("experiments-done", seconds=run.experiment_seconds)
     report.script = display

@@ -35,6 +35,8 @@ class FailOn(str, enum.Enum):
 class OutputFormat(str, enum.Enum):
     text = "text"
     json = "json"
+    github = "github"
+    sarif = "sarif"
 
 
 class ExplainFormat(str, enum.Enum):
@@ -51,10 +53,47 @@ app = typer.Typer(
     name="nndoctor",
     help="Diagnoses why a PyTorch network is not training.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"nndoctor {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print nndoctor's version and exit."),
+) -> None:
+    """Diagnoses why a PyTorch network is not training."""
+
+
+class _CheckCommand(typer.core.TyperCommand):
+    """``nndoctor check``: an unknown option is most often the script's own option given
+    without ``--``; say so."""
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        given = list(args)  # the parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            # click's NoSuchOption (typer >= 0.2x vendors its own copy of click: match by name)
+            if type(exc).__name__ != "NoSuchOption" or not hasattr(exc, "option_name"):
+                raise
+            script = next((a for a in given if not a.startswith("-")), "train.py")
+            i = given.index(exc.option_name) if exc.option_name in given else -1
+            rest = " ".join(a for a in given[i:] if a != script) if i >= 0 else exc.option_name
+            exc.message = (f"{exc.message.rstrip('.')}. Script options go after --: "
+                           f"nndoctor check {script} -- {rest}")
+            exc.possibilities = None  # "did you mean --logdir?" misleads here
+            raise
 
 
 def _out() -> Console:
@@ -128,7 +167,7 @@ class _Progress:
         elif kind == "experiments-done":
             if hasattr(self, "exp_task"):
                 self.progress.update(self.exp_task, visible=False)
-            self.log(f"experiments done in {info['seconds']:.1f} s")
+            # no "done in 0.0 s" here: the final line says whether they ran or were skipped
 
 
 def _steps_text(run: Any) -> str:
@@ -152,7 +191,11 @@ def _no_training_message(run: Any, timeout: float) -> str:
         head = f"interrupted before any training step of {script}"
     else:
         head = f"no training found to watch: {script} ran to its end in {run.seconds:.1f} s"
-    if run.model is not None:
+    if run.outcome is Outcome.TIMEOUT and (run.model is not None or seen.root_calls):
+        head = f"the first training step of {script} did not finish within --timeout {timeout:g} s"
+        what = (f"the model {run.model} was found" if run.model is not None
+                else f"seen so far: {seen.describe()}")
+    elif run.model is not None:
         what = (f"the model {run.model} was called {seen.model_calls} time(s) with gradients enabled, "
                 f"but backward() was never called on a loss (forward seen but no backward)")
     elif seen.root_calls:
@@ -173,7 +216,7 @@ def _no_training_message(run: Any, timeout: float) -> str:
     return f"{head}; {what}.\n{advice}"
 
 
-@app.command(no_args_is_help=True)
+@app.command(no_args_is_help=True, cls=_CheckCommand)
 def check(
     script: str = typer.Argument(..., help="The training script to run (unmodified).", metavar="SCRIPT"),
     script_args: Optional[List[str]] = typer.Argument(
@@ -184,7 +227,8 @@ def check(
                                              "the tool.nndoctor table of pyproject.toml)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report (schema 1) here.",
                                              dir_okay=False),
-    logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures here.",
+    logdir: Optional[Path] = typer.Option(None, "--logdir", help="Write TensorBoard events and PNG figures in "
+                                          "a new run-<date>-<time> folder inside this one.",
                                           file_okay=False),
     select: Optional[str] = typer.Option(None, "--select", help="Run only these checks: ID,ID,..."),
     ignore: Optional[str] = typer.Option(None, "--ignore", help="Skip these checks: ID,ID,..."),
@@ -193,8 +237,11 @@ def check(
                                              help="Exit 1 when a finding is at least this severe.  "
                                                   "(default: error, or fail_on in the tool.nndoctor table)"),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", case_sensitive=False,
-                                               help="text: the console report; json: the JSON report on "
-                                                    "stdout and nothing else."),
+                                               help="text: the console report; json: the JSON report; "
+                                                    "github: GitHub Actions annotations; sarif: SARIF 2.1.0. "
+                                                    "Other than text, stdout carries the report only."),
+    exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the findings (still 2 when "
+                                   "nndoctor could not run, 3 when the script raised)."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.0,
                                   help="Wall-clock budget in seconds for the script to produce the steps, "
                                        "and again for the experiments (0: none)."),
@@ -213,7 +260,6 @@ def check(
     from ._runner import Outcome, run_script
 
     err = _err()
-    json_mode = output_format is OutputFormat.json
     # [tool.nndoctor] first, then the options given on the command line (which win); the
     # check set is resolved once, here, and used by the watch, the checkup and the merge.
     try:
@@ -224,6 +270,8 @@ def check(
         raise _fail(str(exc)) from None
     steps = steps if steps is not None else config.get("steps", 30)
     fail_on_value = fail_on.value if fail_on is not None else config.get("fail_on", "error")
+    _check_output_paths(json_path, logdir)
+    json_mode = output_format is not OutputFormat.text  # stdout carries the report only
     progress = _Progress(err, script, steps, verbose)
     # In JSON mode stdout carries the report only: the script's prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
@@ -273,8 +321,9 @@ def check(
     # Outputs: TensorBoard first (the console report then names the logdir), JSON, console.
     if logdir is not None:
         try:
-            report.to_tensorboard(str(logdir))
-            report.logdir = str(logdir)
+            run_dir = run_logdir(logdir)
+            report.to_tensorboard(str(run_dir))
+            report.logdir = str(run_dir)
         except ImportError as exc:
             err.print(f"[yellow]nndoctor: --logdir needs TensorBoard support: {escape(str(exc))}[/]")
         except Exception as exc:
@@ -285,18 +334,16 @@ def check(
             report.to_json(json_path)
         except OSError as exc:
             raise _fail(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
-    if json_mode:
-        sys.stdout.write(report.to_json() + "\n")
-        sys.stdout.flush()
-    else:
-        report.print(_out(), verbose=verbose)
+    _emit_report(report, output_format, verbose)
 
     for note in run.notes:
         err.print(f"[dim]nndoctor: note: {escape(note)}[/]", soft_wrap=True)
     if verbose:
         err.print(f"[dim]nndoctor: watched {run.steps} step(s) of {escape(str(run.model))} "
                   f"({escape(str(run.optimizer or 'hand-written updates'))}) in {run.seconds:.1f} s; "
-                  f"experiments: {escape(run.experiments)} ({run.experiment_seconds:.1f} s)[/]", soft_wrap=True)
+                  f"experiments: {escape(run.experiments)}"
+                  + (f" ({run.experiment_seconds:.1f} s)" if run.experiments == "ran" else "") + "[/]",
+                  soft_wrap=True)
     elif run.experiments.startswith("skipped: ") and not no_experiments:
         err.print(f"[dim]nndoctor: experiments {escape(run.experiments)}[/]", soft_wrap=True)
 
@@ -305,6 +352,10 @@ def check(
         raise typer.Exit(int(exit_code(report, fail_on_value, script_raised=True)))
     if run.outcome is Outcome.INTERRUPTED:
         raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.",
+                    exit_code(report, fail_on_value, could_not_run=True))
+    if run.experiments == "interrupted":
+        raise _fail(f"interrupted during the experiments after {run.steps} watched step(s); the report "
+                    f"above covers the watched steps and the experiments that had finished.",
                     exit_code(report, fail_on_value, could_not_run=True))
     if run.outcome is Outcome.TIMEOUT:
         err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {timeout:g} s with "
@@ -322,7 +373,61 @@ def check(
         ids = ", ".join(dict.fromkeys(f.check for f in failing))
         err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on_value}' ({escape(ids)}); "
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
-    raise typer.Exit(int(code))
+    raise typer.Exit(int(exit_code(report, fail_on_value, exit_zero=exit_zero)))
+
+
+def run_logdir(base: "str | Path", *, now: Any = None) -> Path:
+    """A fresh sub-directory of ``--logdir`` for this run (``run-20261203-110459``, then
+    ``..._1``, ``_2`` if taken), so that a second run never appends to the first one's
+    events or overwrites its PNG figures; TensorBoard pointed at ``base`` shows each run
+    as its own line (as Lightning's ``version_N`` folders do)."""
+    import datetime
+
+    base = Path(base)
+    stamp = (now or datetime.datetime.now()).strftime("run-%Y%m%d-%H%M%S")
+    base.mkdir(exist_ok=True)  # its parent exists: checked before the run
+    candidate, n = base / stamp, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base / f"{stamp}_{n}"
+
+
+def _check_output_paths(json_path: "Path | None", logdir: "Path | None") -> None:
+    """Refuse, before running anything, to write into folders that do not exist: a typo in
+    ``--json`` must not create a tree of folders somewhere."""
+    if json_path is not None:
+        parent = json_path.expanduser().parent
+        if not parent.is_dir():
+            raise _fail(f"cannot write the JSON report to {json_path}: the folder {parent} does not exist. "
+                        f"Create it first, or give a path in an existing folder.")
+    if logdir is not None:
+        parent = logdir.expanduser().parent
+        if not logdir.expanduser().is_dir() and not parent.is_dir():
+            raise _fail(f"cannot write TensorBoard files to {logdir}: its parent folder {parent} does not "
+                        f"exist. Create it first, or give a logdir in an existing folder.")
+
+
+def _emit_report(report: Any, output_format: "OutputFormat", verbose: bool) -> None:
+    """The report on stdout, in the chosen format."""
+    if output_format is OutputFormat.text:
+        report.print(_out(), verbose=verbose)
+        return
+    if output_format is OutputFormat.json:
+        text = report.to_json() + "\n"
+    elif output_format is OutputFormat.github:
+        from .reporters.annotations import github_annotations
+
+        text = github_annotations(report)
+    else:
+        from .reporters.annotations import sarif_text
+
+        text = sarif_text(report)
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _project_config(script: str) -> dict:
@@ -389,25 +494,15 @@ def checks_command(
     if output_format is ListFormat.json:
         import json
 
-        rows = [{"id": c.id, "severity": c.severity.value, "family": c.family, "kind": c.kind,
+        rows = [{"id": c.id, "severity": c.severity.value, "family": c.family,
+                 "kind": "watch" if c.kind == "passive" else c.kind,
                  "title": c.title} for c in REGISTRY.values()]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    from rich.table import Table
+    from .reporters.console import checks_table
 
-    from .reporters.console import SEVERITY_STYLE
-
-    table = Table(title=f"nndoctor checks ({len(REGISTRY)})", title_justify="left")
-    table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("title")
-    for c in REGISTRY.values():
-        table.add_row(c.id, f"[{SEVERITY_STYLE[c.severity]}]{c.severity.value}[/]", c.family,
-                      "watch" if c.kind == "passive" else c.kind, c.title)
     console = _out()
-    console.print(table)
+    console.print(checks_table(REGISTRY, console.width))
     console.print("[dim]`nndoctor explain ID` describes a check.[/]")
 
 
@@ -420,7 +515,7 @@ def explain(
     """What a check measures, why, its thresholds, how to fix, the sources."""
     import difflib
 
-    from ._catalogue import render_check_page
+    from ._catalogue import render_explain
     from .checks._registry import REGISTRY
 
     cls = REGISTRY.get(check_id.strip().lower())
@@ -428,7 +523,7 @@ def explain(
         close = difflib.get_close_matches(check_id.lower(), list(REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise _fail(f"unknown check id {check_id!r}.{hint} `nndoctor checks` lists them all.")
-    page = render_check_page(cls)
+    page = render_explain(cls)
     if output_format is ExplainFormat.markdown:
         sys.stdout.write(page)
         return

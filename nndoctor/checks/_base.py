@@ -46,7 +46,8 @@ class Citation:
 
 
 CHECKLIST = Citation(
-    "The training checklist: 'Why your CNN is not working' (nndoctor SEED-NOTES §1)"
+    "The training checklist: A. Karpathy, 'A Recipe for Training Neural Networks', 2019",
+    "https://karpathy.github.io/2019/04/25/recipe/",
 )
 
 

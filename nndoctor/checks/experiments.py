@@ -45,8 +45,8 @@ FASTAI_LR_FIND = Citation(
 )
 DEEPCHECKER = Citation(
     "H. Ben Braiek, F. Khomh, 'Testing Feature Selection...'/TheDeepChecker: overfit a "
-    "single batch, zeroed-input data-dependency test (thresholds in nndoctor's reference "
-    "notes, thresholds.md §7)"
+    "single batch, zeroed-input data-dependency test (nndoctor's thresholds for them are "
+    "the ones documented on this page)"
 )
 ZHANG_2017 = Citation(
     "C. Zhang et al., 'Understanding deep learning requires rethinking generalization', "

@@ -1,75 +1,231 @@
 """The console report (rich): grouped by severity, worst first, each finding with the
-layer it concerns and its fix."""
+layer it concerns and its fix. Readable at 80 columns: wrapped lines hang under their
+first line, the location stays on the title line, the header wraps between its parts.
+
+The report is a sequence of sections (header, findings, summary, skipped checks, notes);
+``render_report`` joins them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Iterable
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from .._report import Report, Severity
 
-__all__ = ["print_report", "render_report", "SEVERITY_STYLE"]
+__all__ = ["print_report", "render_report", "SEVERITY_STYLE", "display_where", "checks_table"]
 
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _HEADINGS = {Severity.ERROR: "Errors", Severity.WARNING: "Warnings", Severity.INFO: "Notes"}
+NOT_DISTRIBUTED = "not a distributed run"
 
 
-def render_report(report: Report, *, verbose: bool = False) -> Group:
-    parts: list[Any] = []
+class Hanging:
+    """A text whose wrapped lines hang ``rest`` columns in (its first line at ``first``):
+    the continuation of a message never starts at column 0."""
+
+    def __init__(self, text: Text, *, first: int = 0, rest: int = 2, tail: Text | None = None) -> None:
+        self.text, self.first, self.rest, self.tail = text, first, rest, tail
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(10, options.max_width - self.rest)
+        lines = list(self.text.wrap(console, width, overflow="fold"))
+        if self.tail is not None:
+            # ``tail`` (a location) is kept in one piece at the end of the last line when
+            # it fits there, else on a line of its own: never broken in two.
+            last = lines[-1] if lines else Text()
+            last.rstrip()
+            indent = self.first if len(lines) <= 1 else self.rest
+            if indent + last.cell_len + self.tail.cell_len <= options.max_width:
+                last.append_text(self.tail)
+                if not lines:
+                    lines.append(last)
+            else:
+                tail = self.tail.copy()
+                tail.plain = tail.plain.lstrip(" ·")
+                lines.extend(tail.wrap(console, width, overflow="fold"))
+        for i, line in enumerate(lines):
+            line.rstrip()
+            yield Segment(" " * (self.first if i == 0 else self.rest))
+            yield from line.render(console)
+            yield Segment.line()
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Any:
+        from rich.measure import Measurement
+
+        return Measurement(self.rest + 1, options.max_width)
+
+
+class Parts:
+    """Pieces joined by a separator on one line when they fit; otherwise broken between
+    pieces (never inside one that fits), continuation lines indented."""
+
+    def __init__(self, parts: Iterable[Text], *, sep: str = " · ", indent: int = 2) -> None:
+        self.parts, self.sep, self.indent = list(parts), sep, indent
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        lines: list[Text] = []
+        current: Text | None = None
+        for part in self.parts:
+            if current is None:
+                current = part.copy()
+                continue
+            if current.cell_len + len(self.sep) + part.cell_len <= width:
+                current.append(self.sep)
+                current.append_text(part)
+            else:
+                lines.append(current)
+                current = Text(" " * self.indent) + part
+        if current is not None:
+            lines.append(current)
+        for i, line in enumerate(lines):
+            yield Hanging(line, first=0, rest=self.indent) if i == 0 else Hanging(
+                line[self.indent:], first=self.indent, rest=self.indent * 2)
+
+
+def _modules(report: Report) -> dict[str, Any]:
+    obs = report.observations
+    return dict(getattr(obs, "modules", None) or {})
+
+
+def display_where(where: str | None, modules: dict[str, Any]) -> str | None:
+    """``0`` -> ``0 (Conv2d)``: a module path with the class of its module when known (inside
+    ``nn.Sequential`` a path alone reads as a stray number)."""
+    if not where:
+        return where
+    meta = modules.get(where)
+    name = getattr(meta, "class_name", None)
+    if name and f"({name})" not in where:
+        return f"{where} ({name})"
+    if where == "":
+        return "the model"
+    return where
+
+
+_BACKTICKED = re.compile(r"`([A-Za-z0-9_.]+)`(?! \()")
+
+
+def _name_layers(message: str, modules: dict[str, Any]) -> str:
+    """In a message, a backticked numeric module path (`0`, `features.3`) gets its class."""
+    if not modules:
+        return message
+
+    def sub(m: re.Match) -> str:
+        path = m.group(1)
+        meta = modules.get(path)
+        if meta is None or not path.split(".")[-1].isdigit():
+            return m.group(0)
+        return f"`{path}` ({getattr(meta, 'class_name', '?')})"
+
+    return _BACKTICKED.sub(sub, message)
+
+
+# -- sections ------------------------------------------------------------------------------
+def header_section(report: Report) -> list[Any]:
     model = report.model or {}
-    head = Text("nndoctor", style="bold")
+    parts = [Text("nndoctor", style="bold")]
     if report.script:
-        head.append(f" · {report.script}")
+        parts.append(Text(str(report.script)))
     if model:
-        head.append(f" · {model.get('class', '?')} ({model.get('parameters', 0):,} parameters, "
-                    f"{model.get('trainable', 0):,} trainable)")
-    head.append(f" · {report.steps_observed} step(s) watched")
-    parts.append(head)
+        parts.append(Text(f"{model.get('class', '?')} ({int(model.get('parameters', 0) or 0):,} parameters, "
+                          f"{int(model.get('trainable', 0) or 0):,} trainable)"))
+    parts.append(Text(f"{report.steps_observed} step(s) watched"))
+    return [Parts(parts)]
+
+
+def findings_section(report: Report) -> list[Any]:
     if not report.findings:
-        parts.append(Text(f"No problem found by the {len(report.checks_run)} checks that ran.", style="green"))
+        return [Text(f"No problem found by the {len(report.checks_run)} checks that ran.", style="green")]
+    modules = _modules(report)
+    out: list[Any] = []
     for sev in (Severity.ERROR, Severity.WARNING, Severity.INFO):
         group = [f for f in report.findings if f.severity is sev]
         if not group:
             continue
-        parts.append(Text(f"\n{_HEADINGS[sev]} ({len(group)})", style=SEVERITY_STYLE[sev]))
+        out.append(Text(f"\n{_HEADINGS[sev]} ({len(group)})", style=SEVERITY_STYLE[sev]))
         for f in group:
-            line = Text()
-            line.append(f"{sev.value}", style=SEVERITY_STYLE[sev])
-            line.append(f"[{f.check}] ", style="bold")
-            line.append(f.title)
-            if f.where:
-                line.append(f"  at {f.where}", style="magenta")
+            title = Text()
+            title.append(sev.value, style=SEVERITY_STYLE[sev])
+            title.append(f"[{f.check}] ", style="bold")
+            title.append(f.title)
+            where = display_where(f.where, modules)
+            place = []
+            if where:
+                place.append(f"at {where}")
             if f.step is not None:
-                line.append(f"  step {f.step}", style="dim")
-            body = Text("  ")
-            body.append(f.message)
-            fix = Text("  fix: ", style="green")
-            fix.append(f.fix)
-            parts.extend([line, body, fix])
-    summary = Text(
-        f"\n{len(report.errors)} error(s), {len(report.warnings)} warning(s), "
-        f"{len(report.findings) - len(report.errors) - len(report.warnings)} note(s); "
-        f"{len(report.checks_run)} check(s) ran, {len(report.checks_skipped)} skipped.",
+                place.append(f"step {f.step}")
+            tail = Text(" · " + ", ".join(place), style="magenta") if place else None
+            body = Text(_name_layers(f.message, modules))
+            fix = Text("fix: ", style="green")
+            fix.append(_name_layers(f.fix, modules))
+            out.extend([Hanging(title, first=0, rest=4, tail=tail), Hanging(body, first=2, rest=2),
+                        Hanging(fix, first=2, rest=7)])
+    return out
+
+
+def _skipped_counts(report: Report) -> tuple[int, int]:
+    total = len(report.checks_skipped)
+    single = sum(1 for s in report.checks_skipped if s.get("reason") == NOT_DISTRIBUTED)
+    return total, single
+
+
+def summary_section(report: Report) -> list[Any]:
+    total, single = _skipped_counts(report)
+    skipped = f"{total} skipped"
+    if single:
+        skipped += f" ({single} not applicable: single process)"
+    n_notes = len(report.findings) - len(report.errors) - len(report.warnings)
+    text = Text(
+        f"{len(report.errors)} error(s), {len(report.warnings)} warning(s), {n_notes} note(s); "
+        f"{len(report.checks_run)} check(s) ran, {skipped}.",
         style="bold",
     )
-    parts.append(summary)
-    if report.checks_skipped and verbose:
-        table = Table("skipped check", "why", show_header=True, header_style="dim", box=None)
+    return [Text(""), Hanging(text, first=0, rest=2)]
+
+
+def skipped_section(report: Report, *, verbose: bool = False) -> list[Any]:
+    if not report.checks_skipped:
+        return []
+    if verbose:
+        # One line per reason: the same reason for five checks is printed once.
+        by_reason: dict[str, list[str]] = {}
         for s in report.checks_skipped:
-            table.add_row(s["check"], s["reason"])
-        parts.append(table)
-    elif [s for s in report.checks_skipped if s["reason"] != "not a distributed run"]:
-        shown = [s["check"] for s in report.checks_skipped if s["reason"] != "not a distributed run"]
-        parts.append(Text("Skipped: " + ", ".join(shown)
-                          + " (details in the JSON report, or with --verbose)", style="dim"))
-    for note in report.notes:
-        parts.append(Text(f"note: {note}", style="dim yellow"))
+            by_reason.setdefault(s["reason"], []).append(s["check"])
+        out: list[Any] = [Text("Skipped checks:", style="dim")]
+        for reason, ids in by_reason.items():
+            line = Text("- " + ", ".join(ids), style="bold dim")
+            line.append(f": {reason}", style="dim")
+            out.append(Hanging(line, first=2, rest=4))
+        return out
+    shown = [s["check"] for s in report.checks_skipped if s.get("reason") != NOT_DISTRIBUTED]
+    if not shown:
+        return []
+    return [Hanging(Text("Skipped: " + ", ".join(shown) + " (reasons in the JSON report, or with --verbose)",
+                         style="dim"), first=0, rest=2)]
+
+
+def notes_section(report: Report) -> list[Any]:
+    out: list[Any] = [Hanging(Text(f"note: {note}", style="dim yellow"), first=0, rest=6) for note in report.notes]
     if report.logdir:
-        parts.append(Text(f"TensorBoard: tensorboard --logdir {report.logdir}", style="dim"))
-    return Group(*parts)
+        out.append(Hanging(Text(f"TensorBoard: tensorboard --logdir {report.logdir}", style="dim"), first=0, rest=2))
+    return out
+
+
+def render_report(report: Report, *, verbose: bool = False) -> Group:
+    sections = [
+        header_section(report),
+        findings_section(report),
+        summary_section(report),
+        skipped_section(report, verbose=verbose),
+        notes_section(report),
+    ]
+    return Group(*[part for section in sections for part in section])
 
 
 def _diagnosis_block(report: Report) -> Group | None:
@@ -102,3 +258,23 @@ def print_report(report: Report, console: Console | None = None, *, verbose: boo
     if block is not None:
         console.print(block)
     console.print(render_report(report, verbose=verbose))
+
+
+# -- the check list (``nndoctor checks``) ----------------------------------------------------
+def checks_table(registry: dict[str, Any], width: int) -> Any:
+    """The catalogue as a table grouped by family; titles wrap (never shrunk to a few
+    characters), so it reads at 80 columns and through a pipe."""
+    table = Table(title=f"nndoctor checks ({len(registry)})", title_justify="left", box=None,
+                  show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("id", style="bold", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("fires when", ratio=1, min_width=20, overflow="fold")
+    family = None
+    for cls in registry.values():
+        if cls.family != family:
+            family = cls.family
+            table.add_row(Text(family, style="dim italic"), "", "", "")
+        table.add_row(cls.id, Text(cls.severity.value, style=SEVERITY_STYLE[cls.severity]),
+                      "watch" if cls.kind == "passive" else cls.kind, cls.title)
+    return table
