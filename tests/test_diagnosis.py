@@ -421,9 +421,11 @@ def _render(report: Report) -> str:
 
 def test_console_leads_with_the_diagnosis_block():
     text = _render(_full_report())
-    first = " ".join(text.split("\n\n")[0].split())
+    blocks = text.split("\n\n")
+    assert blocks[0].startswith("nndoctor")  # the header, then the diagnosis leads
+    first = " ".join(blocks[1].split())
     assert first.startswith("Diagnosis: input-normalization (high confidence) — The inputs are not normalised")
-    assert first.count("— explains: activation-std") == 1 and "repeated-batch" not in first
+    assert first.count("explains: activation-std") == 1 and "repeated-batch" not in first
     assert "activation-std (explained by input-normalization): the first layers' outputs scale" in first
 
 

@@ -154,6 +154,8 @@ def findings_section(report: Report) -> list[Any]:
             title.append(sev.value, style=SEVERITY_STYLE[sev])
             title.append(f"[{f.check}] ", style="bold")
             title.append(f.title)
+            if getattr(f, "explained_by", None):
+                title.append(f" (explained by {f.explained_by})", style="dim")
             where = display_where(f.where, modules)
             place = []
             if where:
@@ -220,6 +222,7 @@ def notes_section(report: Report) -> list[Any]:
 def render_report(report: Report, *, verbose: bool = False) -> Group:
     sections = [
         header_section(report),
+        diagnosis_section(report),
         findings_section(report),
         summary_section(report),
         skipped_section(report, verbose=verbose),
@@ -228,35 +231,35 @@ def render_report(report: Report, *, verbose: bool = False) -> Group:
     return Group(*[part for section in sections for part in section])
 
 
-def _diagnosis_block(report: Report) -> Group | None:
-    """The report's first block: "Diagnosis: <cause> — <why> — explains: a, b, c", then
-    one line per explained check, "<id> (explained by <cause>): <because>"."""
-    d = report.diagnosis
+def diagnosis_section(report: Report) -> list[Any]:
+    """The report's lead, right under the header: "Diagnosis: <cause> — <why>", what it
+    explains, and whether an intervention confirmed it; then one line per explained
+    check, "<id> (explained by <cause>): <because>". Wrapped lines hang under their first."""
+    d = getattr(report, "diagnosis", None)
     if d is None:
-        return None
+        return []
+    lead = report.by_check(d.cause)
     head = Text("Diagnosis: ", style="bold")
-    head.append(d.cause, style="bold red" if report.by_check(d.cause) and report.by_check(d.cause)[0].severity
-                is Severity.ERROR else "bold yellow")
+    head.append(d.cause, style="bold red" if lead and lead[0].severity is Severity.ERROR else "bold yellow")
     head.append(f" ({d.confidence} confidence) — {d.summary}")
-    if d.explains:
-        head.append(" — explains: " + ", ".join(d.explains))
+    out: list[Any] = [Text(""), Hanging(head, first=0, rest=2)]
     if d.confirmed:
-        head.append(f" — confirmed: with {d.confirmed.get('intervention')}, {d.confirmed.get('probe')} "
-                    f"{d.confirmed.get('after')} (was: {d.confirmed.get('before')})", style="green")
-    lines: list[Any] = [head]
+        c = d.confirmed
+        text = Text(f"confirmed: with {c.get('intervention')}, {c.get('probe')}: {c.get('after')} "
+                    f"(was: {c.get('before')})", style="green")
+        out.append(Hanging(text, first=2, rest=4))
+    if d.explains:
+        out.append(Hanging(Text("explains: " + ", ".join(d.explains)), first=2, rest=4))
     for check in d.explains:
-        line = Text(f"  {check} (explained by {d.cause})", style="dim")
+        line = Text(f"{check} (explained by {d.cause})", style="dim")
         if d.because.get(check):
             line.append(f": {d.because[check]}", style="dim")
-        lines.append(line)
-    return Group(*lines, Text(""))
+        out.append(Hanging(line, first=4, rest=6))
+    return out
 
 
 def print_report(report: Report, console: Console | None = None, *, verbose: bool = False) -> None:
     console = console or Console()
-    block = _diagnosis_block(report)
-    if block is not None:
-        console.print(block)
     console.print(render_report(report, verbose=verbose))
 
 
