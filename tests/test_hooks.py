@@ -170,7 +170,7 @@ def test_failing_observer_is_switched_off_not_raised(monkeypatch):
     def broken(x):
         raise RuntimeError("observer bug")
 
-    monkeypatch.setattr(activations, "tensor_stats", broken)
+    monkeypatch.setattr(activations, "mean_std", broken)
     model, opt = make()
     doctor = Doctor(model, optimizer=opt, sample_every=1)
     with doctor.watch():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._observations import ActivationRecord, Observations, StepRecord
-from ._base import NAN, Observer, float_tensors, tensor_stats
+from ._base import NAN, Observer, float_tensors, mean_std
 
 
 class ActivationObserver(Observer):
@@ -27,6 +27,7 @@ class ActivationObserver(Observer):
         self._relu_samples: dict[str, int] = {}
         self._step_outputs: dict[tuple[Any, ...], int] = {}
         self._calls = 0
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def begin_step(self, cur: StepRecord) -> None:
         self._step_outputs = {}
@@ -74,38 +75,40 @@ class ActivationObserver(Observer):
         call = self._calls
         self._calls += 1
         _, primary = outs[0]
-        device = primary.device
-        nan = torch.full((1,), NAN, device=device)
+        nan, zero = self._constants(primary.device)
+        f32 = torch.float32
+        # One stack of 0-d float32 values per call (few ops: on small models each op's
+        # dispatch costs more than its arithmetic):
+        # [mean, std, flag of each other output, sum of fresh inputs, sum of own
+        #  parameters, dead share, saturated share]
         with torch.no_grad():
-            # [mean, std] of the primary output; a non-finite element makes the mean non-finite.
-            parts = [tensor_stats(primary)]
+            # mean and std of the primary output; a non-finite element makes the mean non-finite.
+            values = list(mean_std(primary))
             # other output elements (tuple/dict outputs): one sum each, for non-finite flags
-            parts.append(torch.stack([t.detach().sum(dtype=torch.float32) for _, t in outs[1:]])
-                         if len(outs) > 1 else nan)
+            values += [t.detach().sum(dtype=f32) for _, t in outs[1:]] if len(outs) > 1 else [nan]
             # Inputs that are the outputs of a module measured earlier in this step are not
             # reduced again: the producer's flag is reused (find_nonfinite resolves it).
             input_calls: list[int] = []
-            fresh = []
+            in_sum = zero
             for _, t in float_tensors(args):
                 key = (t.data_ptr(), tuple(t.shape), t.dtype)
                 if key in self._step_outputs:
                     input_calls.append(self._step_outputs[key])
                 else:
-                    fresh.append(t)
-            parts.append(torch.stack([t.detach().sum(dtype=torch.float32) for t in fresh]).sum().reshape(1)
-                         if fresh else torch.zeros(1, device=device))
-            own = [p for p in module.parameters(recurse=False) if p.is_floating_point()]
-            parts.append(torch.stack([p.detach().sum(dtype=torch.float32) for p in own]).sum().reshape(1)
-                         if own else torch.zeros(1, device=device))
+                    in_sum = in_sum + t.detach().sum(dtype=f32)
+            p_sum = zero
+            for p in module.parameters(recurse=False):
+                if p.is_floating_point():
+                    p_sum = p_sum + p.detach().sum(dtype=f32)
             dead = sat = nan
             if category == "relu" and primary.dim() >= 2:
                 dead = self._relu(path, primary)
             elif category in ("sigmoid", "tanh"):
                 y = primary.detach()
                 sat_mask = ((y - 0.5).abs() > 0.4975) if category == "sigmoid" else (y.abs() > 0.995)
-                sat = sat_mask.float().mean().reshape(1)
-            parts += [dead, sat]
-            vec = torch.cat([p.reshape(-1).float() for p in parts])
+                sat = sat_mask.mean(dtype=f32)
+            values += [in_sum, p_sum, dead, sat]
+            vec = torch.stack(values)
         for _, t in outs:
             self._step_outputs[(t.data_ptr(), tuple(t.shape), t.dtype)] = call
         n_extra = max(len(outs) - 1, 1)
@@ -148,7 +151,14 @@ class ActivationObserver(Observer):
         prev = self._relu_active.get(path)
         self._relu_active[path] = active if prev is None or prev.shape != active.shape else (prev | active)
         self._relu_samples[path] = self._relu_samples.get(path, 0) + primary.numel() // max(active.numel(), 1)
-        return (1.0 - active.float().mean()).reshape(1)
+        return 1.0 - active.mean(dtype=torch.float32)
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """0-d NaN and zero on ``device`` (made once: a placeholder costs no op per call)."""
+        found = self._consts.get(device)
+        if found is None:
+            found = self._consts[device] = (torch.full((), NAN, device=device), torch.zeros((), device=device))
+        return found
 
     def finalize(self, obs: Observations) -> None:
         # ReLU units that were never active in any sampled batch: one transfer at the end.
@@ -167,3 +177,4 @@ class ActivationObserver(Observer):
     def release(self) -> None:
         self._relu_active.clear()
         self._step_outputs = {}
+        self._consts = {}
