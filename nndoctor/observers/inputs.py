@@ -22,6 +22,10 @@ class InputObserver(Observer):
     name = "inputs"
     feeds = ("input-normalization", "repeated-batch", "label-distribution")
 
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        self._labels_step = -1
+
     def model_pre(self, cur: StepRecord, args: Any, kwargs: Any) -> None:
         if cur.input is None:
             found = tensors((args, kwargs))
@@ -84,8 +88,12 @@ class InputObserver(Observer):
 
     def _record_labels(self, cur: StepRecord, target: torch.Tensor, n_classes: int | None,
                        ignore_index: int | None) -> None:
-        if cur.labels is not None or target.is_floating_point() or target.numel() == 0:
+        # Once a step: the loss module's pre-hook and the loss graph's NLL node both see
+        # the same targets (values reach cur.labels only at the sync).
+        if (cur.labels is not None or self._labels_step == cur.step or target.is_floating_point()
+                or target.numel() == 0):
             return
+        self._labels_step = cur.step
         with torch.no_grad():
             t = target.detach().reshape(-1).long()
             valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
