@@ -1,6 +1,6 @@
 """Plain data that the observers produce and the checks read (no torch here).
 
-Observers (``nndoctor._observe``) reduce tensors on the device and, at sync points,
+Observers (``nndoctor.observers``) reduce tensors on the device and, at sync points,
 turn them into these records. Everything is host-side Python numbers and strings:
 module *paths*, never modules, so holding an ``Observations`` keeps no model alive.
 """
@@ -102,7 +102,7 @@ class LabelRecord:
 class LossGraph:
     """What the loss's autograd graph says about how the loss was computed."""
 
-    kind: str  # cross_entropy | nll | bce | bce_logits | mse | l1 | smooth_l1 | kl_div | other
+    kind: str  # cross_entropy | nll | bce | bce_logits | mse | l1 | smooth_l1 | huber | kl_div | soft_cross_entropy | other
     fed_by: str | None = None  # softmax | log_softmax | sigmoid | logits | None
     n_classes: int | None = None
     multi_term: bool = False
@@ -172,6 +172,9 @@ class Observations:
     updates_seen: int = 0
     sampled_steps: int = 0
     notes: list[str] = field(default_factory=list)
+    # Observer units that failed during the watch: unit name -> {"error": repr of the
+    # exception, "where": the event, "checks": ids of the checks that read its data}.
+    observer_failures: dict[str, dict[str, Any]] = field(default_factory=dict)
     experiments: dict[str, Any] = field(default_factory=dict)
     # Check id -> {threshold name: value} the checks judged with (a user's overrides
     # included), so reporters draw the lines the checks actually used.

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["map_tensors", "tensors", "map_leaves"]
+__all__ = ["map_tensors", "tensors", "map_leaves", "named_tensors"]
 
 
 def map_leaves(obj: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], bool]) -> Any:
@@ -23,10 +23,21 @@ def map_leaves(obj: Any, fn: Callable[[Any], Any], is_leaf: Callable[[Any], bool
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple: positional rebuild
         return type(obj)(*(map_leaves(v, fn, is_leaf) for v in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(map_leaves(v, fn, is_leaf) for v in obj)
+        return _rebuild(obj, [map_leaves(v, fn, is_leaf) for v in obj], list if isinstance(obj, list) else tuple)
     if isinstance(obj, dict):
-        return type(obj)((k, map_leaves(v, fn, is_leaf)) for k, v in obj.items())
+        return _rebuild(obj, {k: map_leaves(v, fn, is_leaf) for k, v in obj.items()}, dict)
     return obj
+
+
+def _rebuild(original: Any, items: Any, plain: type) -> Any:
+    """The container type of ``original`` holding ``items``; a subclass whose constructor
+    does not take its items (a dataclass-like model output...) becomes the plain type."""
+    if type(original) is plain:
+        return items
+    try:
+        return type(original)(items)
+    except Exception:
+        return plain(items)
 
 
 def _is_tensor(obj: Any) -> bool:
@@ -43,3 +54,26 @@ def tensors(obj: Any) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     map_tensors(obj, out.append)
     return out
+
+
+def named_tensors(obj: Any, prefix: str = "", max_depth: int | None = None) -> list[tuple[str, torch.Tensor]]:
+    """``[(position, tensor)]`` in traversal order; the position reads like an index
+    (``"[0]"``, ``"['boxes']"``). ``max_depth`` bounds the nesting walked (None: all)."""
+    out: list[tuple[str, torch.Tensor]] = []
+    _walk(obj, prefix, 0, max_depth, out)
+    return out
+
+
+def _walk(obj: Any, prefix: str, depth: int, max_depth: int | None,
+          out: list[tuple[str, torch.Tensor]]) -> None:
+    if isinstance(obj, torch.Tensor):
+        out.append((prefix, obj))
+        return
+    if max_depth is not None and depth > max_depth:
+        return
+    if isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            _walk(v, f"{prefix}[{i}]", depth + 1, max_depth, out)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _walk(v, f"{prefix}[{k!r}]", depth + 1, max_depth, out)

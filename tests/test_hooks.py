@@ -166,20 +166,25 @@ def test_watch_cannot_be_nested_on_the_same_doctor():
 
 @pytest.mark.internal_errors_expected
 def test_failing_observer_is_switched_off_not_raised(monkeypatch):
-    import nndoctor._observe as observe
+    import nndoctor.observers.activations as activations
 
     def broken(x):
         raise RuntimeError("observer bug")
 
-    monkeypatch.setattr(observe, "_tensor_stats", broken)
+    monkeypatch.setattr(activations, "mean_std", broken)
     model, opt = make()
     doctor = Doctor(model, optimizer=opt, sample_every=1)
     with doctor.watch():
         for _ in range(3):
             step(model, opt)  # must not raise
+    assert live_hooks(model) == 0
     obs = doctor.observations
     assert any("observer bug" in n for n in obs.notes)
+    assert list(obs.observer_failures) == ["activations"]
     assert len(obs.steps) == 3 and all(s.loss is not None for s in obs.steps)
+    # only that unit went dark: the other units' per-layer data are all there
+    assert all(s.grad_norms and s.update_norms and s.input is not None for s in obs.steps)
+    assert not any(s.activations for s in obs.steps)
 
 
 def test_bad_arguments_give_clear_errors():

@@ -106,3 +106,81 @@ def test_loss_graph_recognises_how_the_loss_was_computed(build, kind, fed_by):
     assert graph.kind == kind and graph.fed_by == fed_by
     if kind in ("cross_entropy", "nll"):
         assert graph.n_classes == 3 and graph.reduction == "mean"
+
+
+# -- one failing observer unit goes dark alone ------------------------------------------
+def _dead_relu_on_raw_pixels():
+    """A ReLU whose units 1-3 never fire, fed 0-255 inputs: dead-relu (from the
+    activations unit) and input-normalization (from the inputs unit) both fire."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.abs_()
+        model[0].bias.copy_(torch.tensor([0.0, -1e6, -1e6, -1e6]))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    doctor = Doctor(model, optimizer=opt, sample_every=1, select=["dead-relu", "input-normalization"])
+    with doctor.watch():
+        for _ in range(4):
+            one_step(model, torch.rand(16, 6) * 255, torch.randint(0, 3, (16,)), opt)
+    return doctor.report()
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("unit bug")
+
+
+@pytest.mark.parametrize("unit_path, method, unit_name, dark, alive", [
+    ("nndoctor.observers.activations.ActivationObserver", "_record_call", "activations",
+     "dead-relu", "input-normalization"),
+    ("nndoctor.observers.inputs.InputObserver", "model_pre", "inputs",
+     "input-normalization", "dead-relu"),
+])
+def test_a_failing_unit_skips_only_the_checks_that_read_it(monkeypatch, unit_path, method, unit_name, dark, alive):
+    healthy = _dead_relu_on_raw_pixels()
+    assert {f.check for f in healthy.findings} == {"dead-relu", "input-normalization"}
+    assert healthy.checks_skipped == []
+    monkeypatch.setattr(unit_path + "." + method, _boom)
+    report = _dead_relu_on_raw_pixels()
+    assert {f.check for f in report.findings} == {alive}
+    assert report.checks_skipped == [
+        {"check": dark, "reason": f"internal error in observer '{unit_name}': RuntimeError('unit bug')"}]
+    assert report.observations.observer_failures[unit_name]["checks"]
+    assert any("unit bug" in n for n in report.observations.notes)
+
+
+def test_a_unit_failing_in_its_sink_goes_dark_alone(monkeypatch):
+    """A unit can also fail on the host, when its values arrive at the sync."""
+    from nndoctor.observers.gradients import GradientObserver
+
+    def add_broken(self, tensor, sink):
+        def broken_sink(values):
+            raise ValueError("sink bug")
+        self.rec.pending.add(tensor, broken_sink, self)
+
+    monkeypatch.setattr(GradientObserver, "add", add_broken)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        for _ in range(3):
+            one_step(model, torch.randn(8, 6), torch.randint(0, 3, (8,)), opt)
+    obs = doctor.observations
+    assert list(obs.observer_failures) == ["gradients"]
+    assert obs.observer_failures["gradients"]["where"] == "sync"
+    assert all(s.loss is not None and s.activations and s.update_norms for s in obs.steps)
+    assert not any(s.grad_norms for s in obs.steps)
+    skipped = {s["check"] for s in doctor.report().checks_skipped}
+    assert {"exploding-gradient", "vanishing-gradient", "grad-not-zeroed"} <= skipped
+    assert "activation-std" not in skipped and "update-ratio" not in skipped
+
+
+def test_observer_skip_reason_is_a_pure_function_of_the_records():
+    from nndoctor._derive import observer_skip_reason
+    from nndoctor._observations import Observations
+
+    obs = Observations()
+    assert observer_skip_reason(obs, "dead-relu") is None
+    obs.observer_failures["activations"] = {"error": "KeyError('x')", "where": "sync", "checks": ["dead-relu"]}
+    assert observer_skip_reason(obs, "dead-relu") == "internal error in observer 'activations': KeyError('x')"
+    assert observer_skip_reason(obs, "update-ratio") is None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator
 
 from .._report import Finding, Severity
+from .._derive import observer_skip_reason as _observer_skip_reason
 
 __all__ = ["Check", "Threshold", "Citation", "Skip", "SECTIONS"]
 
@@ -104,6 +105,9 @@ class Check:
     # -- helpers -----------------------------------------------------------------------
     def run(self, obs: Any) -> tuple[list[Finding], str | None]:
         """Evaluate; returns (findings, skip_reason)."""
+        failed = _observer_skip_reason(obs, self.id)  # an observer unit it reads from failed
+        if failed is not None:
+            return [], failed
         try:
             return list(self.evaluate(obs) or ()), None
         except Skip as skip:

@@ -8,18 +8,28 @@ Tag scheme: ``nndoctor/<family>/<quantity>/<layer>`` (``<layer>`` is a module pa
 parameter name; the root module is ``_model``; characters outside ``[A-Za-z0-9_.-/]``
 become ``_``). Quantities without a layer stop at ``<quantity>``.
 
-Scalars, on every watched step that has the value (x = the step number):
+Scalars (x = the step number). Only what a check or a figure reads is streamed, and
+counts that are almost always zero are written only when they are not; each step's
+scalars go out as one event (one record in the file), not one event per value.
+
+Every watched step:
 
 - ``nndoctor/loss/value``                          the training loss (NaN/Inf kept as is)
-- ``nndoctor/optimizer/lr``                        the learning rate, when recorded
+- ``nndoctor/gradient/total_norm``                 L2 norm over all parameters
+- ``nndoctor/optimizer/lr``                        the learning rate: on sampled steps and
+  whenever it changes
+
+Sampled steps:
+
 - ``nndoctor/activation/{mean,std}/<module>``      first call of the module in the step
 - ``nndoctor/activation/dead_fraction/<module>``   ReLU-like layers
 - ``nndoctor/activation/saturated_fraction/<module>``  sigmoid/tanh layers
 - ``nndoctor/gradient/norm/<param>``               gradient L2 norm per parameter
-- ``nndoctor/gradient/total_norm``                 L2 norm over all parameters
-- ``nndoctor/gradient/missing_count``              parameters needing a gradient that got none
 - ``nndoctor/update/ratio/<param>``                |update| / |weight|
-- ``nndoctor/update/norm/<param>``, ``nndoctor/weight/norm/<param>``
+
+Only when not zero:
+
+- ``nndoctor/gradient/missing_count``              parameters needing a gradient that got none
 - ``nndoctor/nonfinite/events``                    NaN/Inf events recorded at that step
 
 Histograms, on sampled steps. Observations hold reduced statistics, not raw tensors, so
@@ -36,7 +46,7 @@ these are distributions *across layers/parameters* of one step's statistics:
 Values a histogram cannot hold are never silently dropped: each histogram comes with
 ``nndoctor/nonfinite/<quantity>`` (how many NaN/Inf values were left out;
 ``nndoctor/nonfinite/histogram/<key>`` for raw bins) and, for log10 quantities,
-``nndoctor/zeros/<quantity>`` (how many zeros were left out).
+``nndoctor/zeros/<quantity>`` (how many zeros were left out), written when not zero.
 
 Experiments (x = iteration or index): ``nndoctor/experiment/overfit/loss/<run>``
 (``<run>``: the optimizer, e.g. ``SGD_lr_0.1_momentum_0.9``), ``nndoctor/experiment/lr_sweep/loss/lr_<lr>``,
@@ -194,7 +204,6 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
         "nndoctor: gradients and updates": {
             "gradient norm per parameter": ["Multiline", [rx("gradient", "norm") + "/.*"]],
             "update/weight ratio (about 1e-3)": ["Multiline", [rx("update", "ratio") + "/.*"]],
-            "weight norm per parameter": ["Multiline", [rx("weight", "norm") + "/.*"]],
         },
         "nndoctor: experiments": {
             "overfit a tiny batch": ["Multiline", [rx("experiment", "overfit") + "/.*"]],
@@ -230,9 +239,9 @@ class TensorBoardStream:
 
     ``logdir``: a directory (created if needed). ``writer``: an existing
     ``SummaryWriter`` to write into instead; it is flushed, never closed, by
-    :meth:`close`. ``per_parameter=False`` skips the per-parameter scalars (gradient,
-    update and weight norms, update ratios; about 4 scalars per parameter per step, some
-    40 µs each) for very large models; totals and distributions are still written.
+    :meth:`close`. ``per_parameter=False`` skips the per-parameter scalars (gradient
+    norms and update ratios of sampled steps) for very large models; totals and
+    distributions are still written.
     """
 
     def __init__(self, logdir: "str | os.PathLike[str] | None" = None, *, writer: Any = None,
@@ -256,6 +265,9 @@ class TensorBoardStream:
         self._experiments_written: set[str] = set()
         self._findings_key: tuple | None = None
         self._closed = False
+        self._last_lr: float | None = None
+        # The step being written: its scalars and histograms, sent as one event.
+        self._batch: list[Any] = []
 
     # -- context manager -----------------------------------------------------------
     def __enter__(self) -> "TensorBoardStream":
@@ -357,11 +369,60 @@ class TensorBoardStream:
         if number is not None:
             self.writer.add_scalar(name, number, global_step=step)
 
+    def _count(self, name: str, value: int, step: int) -> None:
+        """A count that is almost always zero: written only when it is not."""
+        if value:
+            self._scalar(name, value, step)
+
     def _write_step(self, obs: Any, record: Any, nonfinite_events: int) -> None:
+        """One step, written as one event when the writer is torch's ``SummaryWriter``
+        (about 40 µs an event, most of it per event, not per value)."""
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if not callable(file_writer):
+            self._write_step_values(obs, record, nonfinite_events)
+            return
+        batch: list[Any] = []
+        self._batch = batch
+        scalar, histogram = self._scalar, self._histogram_raw
+        self._scalar, self._histogram_raw = self._batched_scalar, self._batched_histogram  # type: ignore[method-assign]
+        try:
+            self._write_step_values(obs, record, nonfinite_events)
+        finally:
+            self._scalar, self._histogram_raw = scalar, histogram  # type: ignore[method-assign]
+            self._batch = []
+        if batch:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            file_writer().add_summary(Summary(value=batch), record.step)
+
+    def _batched_scalar(self, name: str, value: Any, step: int) -> None:
+        number = _fig._as_float(value)
+        if number is not None:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            self._batch.append(Summary.Value(tag=name, simple_value=number))
+
+    def _batched_histogram(self, name: str, edges: np.ndarray, counts: np.ndarray, *, total: float,
+                           total_sq: float, step: int) -> None:
+        num = float(counts.sum())
+        if num <= 0:
+            return
+        from torch.utils.tensorboard.summary import histogram_raw
+
+        summary = histogram_raw(name, min=float(edges[0]), max=float(edges[-1]), num=num, sum=total,
+                                sum_squares=total_sq, bucket_limits=[float(e) for e in edges[1:]],
+                                bucket_counts=[float(c) for c in counts])
+        self._batch.extend(summary.value)
+
+    def _write_step_values(self, obs: Any, record: Any, nonfinite_events: int) -> None:
         n = record.step
+        sampled = getattr(record, "sampled", False)
         self._scalar(tag("loss", "value"), record.loss, n)
-        self._scalar(tag("optimizer", "lr"), getattr(record, "lr", None), n)
-        self._scalar(tag("nonfinite", "events"), nonfinite_events, n)
+        lr = _fig._as_float(getattr(record, "lr", None))
+        if lr is not None and (sampled or lr != self._last_lr):
+            self._scalar(tag("optimizer", "lr"), lr, n)
+            self._last_lr = lr
+        self._count(tag("nonfinite", "events"), nonfinite_events, n)
 
         activations = _fig.first_call_activations(record)
         for path in _fig.layer_order(obs, activations):
@@ -380,10 +441,9 @@ class TensorBoardStream:
             self._scalar(tag("gradient", "total_norm"), total, n)
         elif grad_norms:
             self._scalar(tag("gradient", "total_norm"), _fig._pooled_norm(float(v) for v in grad_norms.values()), n)
-        if grad_norms or getattr(record, "grads_missing", None):
-            self._scalar(tag("gradient", "missing_count"), len(getattr(record, "grads_missing", None) or []), n)
+        self._count(tag("gradient", "missing_count"), len(getattr(record, "grads_missing", None) or []), n)
 
-        if getattr(record, "sampled", False):
+        if sampled:
             self._distribution("grad_norm_log10", grad_norms.values(), n, log10=True)
             self._distribution("update_ratio_log10", ratios.values(), n, log10=True)
             plotted = [a for p, a in activations.items() if _fig._plotted_layer(obs, p)]
@@ -400,10 +460,6 @@ class TensorBoardStream:
             self._scalar(tag("gradient", "norm", name), norm, n)
         for name, ratio in ratios.items():
             self._scalar(tag("update", "ratio", name), ratio, n)
-        for name, norm in (getattr(record, "update_norms", None) or {}).items():
-            self._scalar(tag("update", "norm", name), norm, n)
-        for name, norm in (getattr(record, "weight_norms", None) or {}).items():
-            self._scalar(tag("weight", "norm", name), norm, n)
 
     def _distribution(self, quantity: str, values: Iterable[Any], step: int, *, log10: bool) -> None:
         floats = [_fig._as_float(v) for v in values]
@@ -411,9 +467,9 @@ class TensorBoardStream:
         if not floats:
             return
         kept, nonfinite, zeros = _split_values(floats, log10)
-        self._scalar(tag("nonfinite", quantity), nonfinite, step)
+        self._count(tag("nonfinite", quantity), nonfinite, step)
         if log10:
-            self._scalar(tag("zeros", quantity), zeros, step)
+            self._count(tag("zeros", quantity), zeros, step)
         if kept.size == 0:
             return
         counts, edges = np.histogram(kept, bins=min(_HIST_BINS, max(1, kept.size)))
@@ -432,7 +488,7 @@ class TensorBoardStream:
             except (TypeError, ValueError):
                 continue
             parts = [p for p in str(key).split("/") if p] or ["_"]
-            self._scalar(tag("nonfinite", "histogram", *parts), nonfinite or 0, step)
+            self._count(tag("nonfinite", "histogram", *parts), int(nonfinite or 0), step)
             if counts.size == 0 or edges.size != counts.size + 1 or not np.isfinite(edges).all():
                 continue
             centers = (edges[:-1] + edges[1:]) / 2

@@ -1,0 +1,157 @@
+"""What every observer unit shares: the sampling schedule, the buffer of device values
+waiting for the next sync, the device-side reduction helpers and the unit base class."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+
+from .._tree import named_tensors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._observations import StepRecord
+    from ._recorder import Recorder
+
+NAN = float("nan")
+
+
+@dataclass
+class Schedule:
+    """Which steps get the full (hooked) treatment."""
+
+    dense_steps: int = 4
+    sample_every: int = 20
+    trace_steps_after_nonfinite: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sample_every < 1 or self.dense_steps < 0:
+            raise ValueError(
+                f"sample_every must be >= 1 and dense_steps >= 0 (got {self.sample_every}, "
+                f"{self.dense_steps})"
+            )
+
+    def sampled(self, step: int) -> bool:
+        return step < self.dense_steps or step % self.sample_every == 0
+
+
+def float_tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
+    """Non-empty floating tensors inside a module's outputs/inputs, with their position
+    (nesting walked 4 levels deep: deeper structures are not activations we judge)."""
+    return [(k, t) for k, t in named_tensors(obj, max_depth=3) if t.is_floating_point() and t.numel() > 0]
+
+
+def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (0-d, float32) of ``x``. A non-finite element makes the mean
+    non-finite, which is how non-finite outputs are detected.
+
+    On CUDA one fused Welford reduction (``var_mean``: one kernel). On CPU ``var_mean``
+    is ~100x slower than a plain sum (measured: 5 ms vs 0.05 ms on 1M floats), so the
+    mean comes from a sum and the std from the norm of the centred values (two-pass, so
+    no cancellation when |mean| >> std)."""
+    xf = x.detach()
+    if xf.dtype not in (torch.float32, torch.float64):
+        xf = xf.float()
+    if xf.is_cuda:
+        var, mean = torch.var_mean(xf, correction=0)
+        return mean.float(), var.float().sqrt()
+    n = max(xf.numel(), 1)
+    mean = xf.sum() / n
+    std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
+    return mean.float(), std.float()
+
+
+def tensor_stats(x: torch.Tensor) -> torch.Tensor:
+    """[mean, std] of ``x`` in float32 (see :func:`mean_std`)."""
+    return torch.stack(mean_std(x))
+
+
+Sink = Callable[[list[float]], None]
+
+
+@dataclass
+class Pending:
+    """Device tensors waiting for the next sync, with what to do with their values and
+    the unit that asked (a sink that raises fails that unit only)."""
+
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    sinks: list[tuple[Sink, Any]] = field(default_factory=list)
+
+    def add(self, tensor: torch.Tensor, sink: Sink, owner: Any = None) -> None:
+        self.tensors.append(tensor.detach().reshape(-1))
+        self.sinks.append((sink, owner))
+
+    def resolve(self, on_error: Callable[[Any, BaseException], None]) -> None:
+        if not self.tensors:
+            return
+        tensors, sinks = self.tensors, self.sinks
+        self.tensors, self.sinks = [], []
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        values: list[list[float]] = [[] for _ in tensors]
+        for idxs in by_device.values():
+            flat = torch.cat([tensors[i].to(torch.float64) for i in idxs])
+            host = flat.tolist()  # the one device->host transfer for this device
+            pos = 0
+            for i in idxs:
+                n = tensors[i].numel()
+                values[i] = host[pos : pos + n]
+                pos += n
+        for (sink, owner), vals in zip(sinks, values):
+            if owner is not None and owner.failed:
+                continue
+            try:
+                sink(vals)
+            except Exception as exc:
+                on_error(owner, exc)
+
+
+class Observer:
+    """One measurement. The recorder owns the hooks and the step boundaries and calls a
+    unit's event methods (only the ones it overrides). A unit that raises is switched
+    off alone: the recorder notes it and the checks listed in ``feeds`` are skipped with
+    "internal error in observer <name>".
+
+    Events: ``begin_step(cur)``, ``model_pre(cur, args, kwargs)``,
+    ``model_post(cur, module, args, output)``, ``loss_pre(cur, module, args)``,
+    ``before_backward(cur, loss, first_after_update)``, ``after_backward(cur)`` (updates
+    by hand), ``before_update(cur)`` (an optimizer is about to step), ``step_skipped(cur)``
+    (GradScaler skipped it), ``close_step(cur)``, ``finalize(obs)``; ``step_hooks(model)``
+    returns the per-module hook handles of a sampled step (removed when it ends)."""
+
+    name: ClassVar[str] = "observer"
+    # Check ids whose verdict reads this unit's data.
+    feeds: ClassVar[tuple[str, ...]] = ()
+    # Called on unsampled steps too (keep those methods cheap: no per-layer work).
+    every_step: ClassVar[bool] = False
+
+    def __init__(self, recorder: "Recorder") -> None:
+        self.rec = recorder
+        self.failed: str | None = None
+
+    def add(self, tensor: torch.Tensor, sink: Sink) -> None:
+        """Queue a device value for the next sync; ``sink`` gets it as floats."""
+        self.rec.pending.add(tensor, sink, self)
+
+    def remove_hooks(self) -> None:
+        """Remove any hook the unit registered itself (the watch ends; safe twice)."""
+
+    def release(self) -> None:
+        """Drop every reference to the user's tensors (the watch is finished)."""
+
+    # Event methods are looked up by name; the base class defines none of them so
+    # the recorder can tell which events a unit listens to.
+
+
+EVENTS = ("begin_step", "model_pre", "model_post", "loss_pre", "before_backward", "after_backward",
+          "before_update", "step_skipped", "close_step", "finalize", "step_hooks")
+
+
+def listens(unit: Observer, event: str) -> bool:
+    return callable(getattr(type(unit), event, None))
+
+
+__all__ = ["Schedule", "Pending", "Observer", "tensor_stats", "mean_std", "float_tensors", "NAN", "EVENTS", "listens"]

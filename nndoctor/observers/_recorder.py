@@ -1,0 +1,522 @@
+"""The one owner of a watch's hooks and step boundaries.
+
+Life of a watched step:
+
+* always on, every step (cheap: no per-layer hooks, no host sync): the loss value, the
+  gradient L2 norm of every parameter (one ``torch._foreach_norm``), and whether an
+  update happened (an optimizer step, or parameter ``_version`` counters).
+* sampled steps only (``dense_steps`` first steps, then every ``sample_every``-th, and
+  every step for a while after a non-finite value shows up): the units' per-module
+  forward hooks (registered when the step starts, *removed* when it ends, so unsampled
+  steps pay no hook dispatch), inputs and labels, the loss graph, update norms.
+* sync points (end of each sampled step, and the end of ``watch()``): everything pending
+  is concatenated and moved to the host in one ``.tolist()`` per device.
+
+A step closes at the optimizer's post-step hook (or at ``GradScaler.update`` when the
+scaler skipped the step); without an optimizer, lazily at the next forward or backward
+after a backward (updates by hand happen in between).
+
+Invariants: hooks hold module *paths* and a weak reference to the model, never modules;
+nothing raises into the user's forward/backward: a unit that fails is switched off alone
+(``Observations.observer_failures``, a note) and the others keep measuring; nothing here
+changes a tensor the user sees, consumes RNG, or calls ``.item()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .._derive import derive_all
+from .._observations import Observations, ParamMeta, StepRecord
+from .._tree import tensors
+from ._base import EVENTS, Observer, Pending, Schedule, listens
+from ._describe import describe_modules, describe_optimizer, describe_param, init_weight_stats
+from ._patches import backward_interceptor, scaler_interceptor
+from .activations import ActivationObserver
+from .gradients import GradientObserver
+from .inputs import InputObserver
+from .loss import LossObserver
+from .loss_graph import LossGraphObserver
+from .probe import UnregisteredModuleProbe
+from .updates import UpdateObserver
+
+# The units, in the order they hear each event (the loss graph before the inputs: the
+# inputs unit reads the labels from the loss node the graph unit found).
+UNITS: tuple[type[Observer], ...] = (
+    LossObserver, GradientObserver, UpdateObserver, LossGraphObserver, InputObserver,
+    ActivationObserver, UnregisteredModuleProbe,
+)
+
+
+class Recorder:
+    """Owns every hook handle of one watch; produces ``Observations``."""
+
+    # Long runs: every sampled record is kept; unsampled ones (a loss and a gradient
+    # norm each) are thinned in the older half once there are too many.
+    max_records = 20000
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizers: Sequence[torch.optim.Optimizer] = (),
+        loss_fn: Any = None,
+        schedule: Schedule | None = None,
+        discover_optimizers: bool = True,
+        on_sync: Callable[[Observations, list[StepRecord]], None] | None = None,
+    ) -> None:
+        self._model_ref = weakref.ref(model)
+        self._optimizers = [weakref.ref(o) for o in optimizers]
+        self._loss_fn = loss_fn
+        self.schedule = schedule or Schedule()
+        self._discover = discover_optimizers and not optimizers
+        self._on_sync = on_sync
+        self.obs = Observations()
+        self.pending = Pending()
+        # The first training batch seen (inputs as passed to the model, and the class
+        # targets when the loss exposes them), cloned once, for the experiments.
+        self.captured: dict[str, Any] = {}
+        # What the units read: parameters by name, ids of the model's modules/parameters.
+        self.params: list[tuple[str, torch.Tensor]] = []
+        self.param_ids: dict[int, str] = {}
+        self.module_ids: dict[int, str] = {}
+        self.optimizer_mode = bool(optimizers)
+        self.backwards_in_step = 0
+        self.scratch: dict[str, Any] = {}  # per-step notes passed between units
+        self.current: StepRecord | None = None
+        self.units: dict[str, Observer] = {}
+        for cls in UNITS:
+            unit = cls(self)
+            self.units[unit.name] = unit
+        self._handlers: dict[tuple[str, bool], list[tuple[Observer, Callable[..., Any]]]] = {}
+        self._route()
+        self._stack: contextlib.ExitStack | None = None
+        self._step_hooks: dict[str, list[Any]] = {}
+        self._step = 0
+        self._pending_close = False
+        self._version_sum = 0
+        self._stepped_since_backward = False
+        self._opt_stepped = False
+        self._trace_until = -1
+        self._last_armed_for = -1
+        self._scanned = 0  # records already scanned for non-finite values
+        self._thinned = False
+        self._finished_steps: list[StepRecord] = []
+
+    # -- public surface -------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        model = self._model_ref()
+        if model is None:  # pragma: no cover - the Doctor holds the model while watching
+            raise RuntimeError("the watched model was garbage-collected")
+        return model
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers given or discovered (stepping this model's parameters)."""
+        return [o for o in (r() for r in self._optimizers) if o is not None]
+
+    @property
+    def steps_completed(self) -> int:
+        return self._step
+
+    def attach(self) -> None:
+        model = self.model
+        self._stack = stack = contextlib.ExitStack()
+        try:
+            self._describe(model)
+            stack.callback(self._remove_step_hooks)
+            stack.callback(self._remove_unit_hooks)
+            h = model.register_forward_pre_hook(self._root_pre, with_kwargs=True)
+            stack.callback(h.remove)
+            h = model.register_forward_hook(self._root_post, always_call=True)
+            stack.callback(h.remove)
+            backward_interceptor.add(self)
+            stack.callback(backward_interceptor.remove, self)
+            scaler_interceptor.add(self)
+            stack.callback(scaler_interceptor.remove, self)
+            for opt in self.optimizers:
+                for h in (opt.register_step_pre_hook(self._opt_pre), opt.register_step_post_hook(self._opt_post)):
+                    stack.callback(h.remove)
+            if self._discover:
+                from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+                for h in (register_optimizer_step_pre_hook(self._global_opt_pre),
+                          register_optimizer_step_post_hook(self._global_opt_post)):
+                    stack.callback(h.remove)
+            if isinstance(self._loss_fn, nn.Module):
+                h = self._loss_fn.register_forward_pre_hook(self._loss_pre)
+                stack.callback(h.remove)
+            self._begin_step()
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook (idempotent; runs on exceptions too), in reverse order."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        self._remove_step_hooks()
+        self._remove_unit_hooks()
+
+    def finish(self) -> Observations:
+        """Close the open step, sync, and return the observations (after detach)."""
+        try:
+            self._remove_step_hooks()
+            cur = self.current
+            if cur is not None and (cur.backward_calls or self._pending_close):
+                self._close_step(begin_next=False)
+            self.current = None
+            self._sync()
+            self._emit("finalize", True, self.obs)
+            derive_all(self.obs)
+        except Exception as exc:  # evaluating must never raise into the user's code
+            self.obs.notes.append(f"observer failed while finishing: {exc!r}")
+        # Drop every reference to the user's tensors (parameters, snapshots).
+        self.params = []
+        self._release_units()
+        self.pending = Pending()
+        return self.obs
+
+    def enter_forward(self, args: Any, kwargs: Any) -> None:
+        """Attached from inside the model's forward pre-hook chain (the CLI runner
+        discovers the model there): torch iterates over a snapshot of the hook dicts, so
+        our own root pre-hook misses this call; run it by hand."""
+        self._root_pre(self.model, args, kwargs or {})
+
+    def log_loss(self, loss: Any) -> None:
+        cur = self.current
+        unit = self.units[LossObserver.name]
+        if cur is not None and not unit.failed:
+            self._guard(unit, "log_loss", unit.log, cur, loss)  # type: ignore[attr-defined]
+
+    def on_scaled(self, scaled_loss: torch.Tensor, scaler: Any) -> None:
+        unit = self.units[LossObserver.name]
+        if not unit.failed:
+            self._guard(unit, "GradScaler.scale", unit.on_scaled, scaled_loss, scaler)  # type: ignore[attr-defined]
+
+    # -- units -----------------------------------------------------------------------
+    def _route(self) -> None:
+        """Per event, the live units that listen to it: on sampled steps all of them,
+        on unsampled steps only the ``every_step`` ones (so a plain step calls little)."""
+        for event in EVENTS:
+            for sampled in (True, False):
+                self._handlers[(event, sampled)] = [
+                    (u, getattr(u, event)) for u in self.units.values()
+                    if u.failed is None and listens(u, event) and (sampled or u.every_step)
+                ]
+
+    def _emit(self, event: str, sampled: bool, *args: Any) -> None:
+        for unit, method in self._handlers[(event, sampled)]:
+            try:
+                method(*args)
+            except Exception as exc:
+                self.unit_failed(unit, event, exc)
+
+    def _guard(self, unit: Observer, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self.unit_failed(unit, where, exc)
+            return None
+
+    def unit_failed(self, unit: Observer | None, where: str, exc: BaseException) -> None:
+        """Switch one unit off (its hooks removed, its pending values dropped) and
+        record which checks lose their data; the other units keep measuring."""
+        if unit is None:
+            self.obs.notes.append(f"observer sync failed: {exc!r}")
+            return
+        if unit.failed:
+            return
+        unit.failed = repr(exc)
+        self.obs.notes.append(f"observer '{unit.name}' failed in {where} and was switched off: {exc!r}")
+        self.obs.observer_failures[unit.name] = {"error": repr(exc), "where": where, "checks": list(unit.feeds)}
+        for h in reversed(self._step_hooks.pop(unit.name, [])):
+            h.remove()
+        with contextlib.suppress(Exception):
+            unit.remove_hooks()
+        with contextlib.suppress(Exception):
+            unit.release()
+        self._route()
+
+    def _remove_unit_hooks(self) -> None:
+        for unit in self.units.values():
+            with contextlib.suppress(Exception):
+                unit.remove_hooks()
+
+    def _release_units(self) -> None:
+        for unit in self.units.values():
+            with contextlib.suppress(Exception):
+                unit.release()
+
+    # -- description of the model (host side, once) ---------------------------------
+    def _describe(self, model: nn.Module) -> None:
+        obs = self.obs
+        obs.model_class = type(model).__name__
+        opts = self.optimizers
+        in_opt: set[int] | None = None
+        if opts:
+            in_opt = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+            obs.has_optimizer = True
+            obs.optimizers = [describe_optimizer(o) for o in opts]
+        obs.modules, self.module_ids = describe_modules(model)
+        weights: list[tuple[ParamMeta, torch.Tensor]] = []
+        for name, p in model.named_parameters():
+            meta = describe_param(name, p, obs.modules, None if in_opt is None else id(p) in in_opt)
+            obs.params[name] = meta
+            self.param_ids[id(p)] = name
+            self.params.append((name, p))
+            if (meta.role == "weight" and meta.category in ("linear", "conv") and p.is_floating_point()
+                    and p.numel() > 1):
+                weights.append((meta, p))
+        obs.n_parameters = sum(m.numel for m in obs.params.values())
+        obs.n_trainable = sum(m.numel for m in obs.params.values() if m.requires_grad)
+        if weights:  # initial weight statistics, resolved at the first sync
+            metas = [m for m, _ in weights]
+
+            def sink(vals: list[float]) -> None:
+                for i, m in enumerate(metas):
+                    m.init_std, m.init_mean, spread = vals[3 * i : 3 * i + 3]
+                    m.init_all_equal = spread == 0.0
+
+            self.pending.add(init_weight_stats(weights), sink)
+        self._version_sum = self._versions()
+
+    def _versions(self) -> int:
+        return sum(p._version for _, p in self.params)
+
+    # -- step boundaries -------------------------------------------------------------
+    def _open_step(self) -> StepRecord | None:
+        """The step an event belongs to: closes the step a backward left open (updates
+        by hand happen between a backward and the next forward/backward)."""
+        if self._pending_close:
+            self._close_step()
+        return self.current
+
+    def _begin_step(self) -> None:
+        step = self._step
+        sampled = self.schedule.sampled(step) or step <= self._trace_until
+        cur = self.current = StepRecord(step=step, sampled=sampled)
+        self.backwards_in_step = 0
+        if sampled:
+            self.scratch = {}
+            self._emit("begin_step", True, cur)
+            self._install_step_hooks()
+
+    def _close_step(self, begin_next: bool = True) -> None:
+        cur = self.current
+        if cur is None:
+            return
+        self._pending_close = False
+        try:
+            model = self._model_ref()
+            if model is not None:
+                cur.training = model.training
+            if cur.sampled:
+                self._emit("close_step", True, cur)
+            for o in self.optimizers:
+                if o.param_groups:
+                    lr = o.param_groups[0].get("lr")
+                    if isinstance(lr, (int, float)):
+                        cur.lr = float(lr)
+                    break
+        finally:
+            if cur.sampled:
+                self._remove_step_hooks()
+            steps = self.obs.steps
+            steps.append(cur)
+            self._finished_steps.append(cur)
+            if len(steps) > self.max_records:
+                self._thin_records()  # cheap no-op until unsampled records exceed the bound
+            if cur.sampled:
+                self.obs.sampled_steps += 1
+                self._sync()
+            self._step += 1
+            if begin_next and self._stack is not None:
+                self._begin_step()
+            else:
+                self.current = None
+
+    def _thin_records(self) -> None:
+        steps = self.obs.steps
+        plain = [r for r in steps if not r.sampled]
+        if len(plain) <= self.max_records:
+            return
+        older = {id(r) for i, r in enumerate(plain[: len(plain) // 2])
+                 if i % 2 and not r.grad_nonfinite and (r.loss is None or math.isfinite(r.loss))}
+        self.obs.steps = [r for r in steps if id(r) not in older]
+        self._scanned = max(0, self._scanned - (len(steps) - len(self.obs.steps)))
+        if not self._thinned:
+            self._thinned = True
+            self.obs.notes.append("long run: the older per-step records (loss, gradient norm) were thinned; "
+                                  "every sampled step is kept")
+
+    def _sync(self) -> None:
+        try:
+            self.pending.resolve(lambda unit, exc: self.unit_failed(unit, "sync", exc))
+        except Exception as exc:
+            self.pending = Pending()
+            self.obs.notes.append(f"observer sync failed: {exc!r}")
+        self._scan_nonfinite()
+        if self._on_sync is not None and self._finished_steps:
+            done, self._finished_steps = self._finished_steps, []
+            try:
+                self._on_sync(self.obs, done)
+            except Exception as exc:
+                self.obs.notes.append(f"live reporter failed and was switched off: {exc!r}")
+                self._on_sync = None
+
+    def _scan_nonfinite(self) -> None:
+        """After values reached the host: the first non-finite loss or gradient seen on a
+        step arms full tracing of the next steps (the one that went bad may not have been
+        sampled), once per new bad step."""
+        for rec in self.obs.steps[self._scanned:]:
+            bad = bool(rec.grad_nonfinite) or (rec.loss is not None and not math.isfinite(rec.loss))
+            if bad and rec.step > self._last_armed_for:
+                self._last_armed_for = rec.step
+                self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
+        self._scanned = len(self.obs.steps)
+
+    def _install_step_hooks(self) -> None:
+        model = self._model_ref()
+        if self._stack is None or model is None:
+            return
+        for unit, method in self._handlers[("step_hooks", True)]:
+            try:
+                self._step_hooks[unit.name] = method(model)
+            except Exception as exc:
+                self.unit_failed(unit, "registering hooks", exc)
+
+    def _remove_step_hooks(self) -> None:
+        hooks, self._step_hooks = self._step_hooks, {}
+        for handles in reversed(list(hooks.values())):
+            for h in reversed(handles):
+                h.remove()
+
+    # -- model and loss hooks --------------------------------------------------------
+    def _root_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        try:
+            cur = self._open_step()
+        except Exception as exc:
+            self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+            return
+        if cur is not None and cur.sampled and torch.is_grad_enabled():
+            self._emit("model_pre", True, cur, args, kwargs)
+
+    def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        cur = self.current
+        if cur is not None and cur.sampled and torch.is_grad_enabled():
+            self._emit("model_post", True, cur, module, args, output)
+            if cur.output_shape is None:
+                first = next((t for t in tensors(output) if t.is_floating_point() and t.numel() > 0), None)
+                if first is not None:
+                    cur.output_shape = tuple(first.shape)
+
+    def _loss_pre(self, module: nn.Module, args: Any) -> None:
+        cur = self.current
+        if cur is not None and cur.sampled and torch.is_grad_enabled():
+            self._emit("loss_pre", True, cur, module, args)
+
+    # -- backward (through the process-wide wrapper) ----------------------------------
+    def before_backward(self, tensors: Any) -> None:
+        try:
+            cur = self._open_step()
+            if cur is None:
+                return
+            if self.optimizer_mode:
+                # An optimizer step since the last backward is the update (no need to
+                # walk every parameter's version counter on each step).
+                updated, self._stepped_since_backward = self._stepped_since_backward, False
+            else:
+                versions = self._versions()
+                updated = versions != self._version_sum
+                self._version_sum = versions
+            first_after_update = self.backwards_in_step == 0 and updated
+            if first_after_update:
+                self.obs.updates_seen += 1
+            self.backwards_in_step += 1
+            cur.backward_calls += 1
+        except Exception as exc:
+            self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+            return
+        if isinstance(tensors, (tuple, list)):
+            tensors = tensors[0] if tensors else None
+        loss = tensors if isinstance(tensors, torch.Tensor) else None
+        self._emit("before_backward", cur.sampled, cur, loss, first_after_update)
+
+    def after_backward(self, tensors: Any) -> None:
+        if self.optimizer_mode:
+            return
+        cur = self.current
+        if cur is None:
+            return
+        # No optimizer seen (yet): the update, if any, happens by hand after this
+        # backward, so the step closes lazily at the next forward/backward.
+        self._emit("after_backward", cur.sampled, cur)
+        self._pending_close = True
+
+    # -- optimizer hooks -------------------------------------------------------------
+    def _owns(self, opt: torch.optim.Optimizer) -> bool:
+        ids = self.param_ids
+        return any(id(p) in ids for g in opt.param_groups for p in g["params"])
+
+    def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._owns(opt):
+            return
+        if not any(r() is opt for r in self._optimizers):
+            self._optimizers.append(weakref.ref(opt))
+            ids = {id(p) for g in opt.param_groups for p in g["params"]}
+            for name, p in self.params:
+                meta = self.obs.params[name]
+                meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
+            self.obs.has_optimizer = True
+            self.obs.optimizers.append(describe_optimizer(opt))
+        if not self.optimizer_mode:
+            # The first optimizer step tells us updates go through an optimizer: the
+            # step that the last backward left open is closed by this optimizer's post hook.
+            self.optimizer_mode = True
+            self._pending_close = False
+        self._opt_pre(opt, args, kwargs)
+
+    def _global_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._owns(opt):
+            self._opt_post(opt, args, kwargs)
+
+    def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            cur = self._open_step()
+        except Exception as exc:
+            self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+            return
+        if cur is not None:
+            self._emit("before_update", cur.sampled, cur)
+
+    def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._opt_stepped = True
+        self._stepped_since_backward = True
+        cur = self.current
+        if cur is not None and cur.backward_calls > 0:
+            try:
+                self._close_step()
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+
+    def on_scaler_update(self, scaler: Any) -> None:
+        """End of an AMP step. If no optimizer step happened since the last update while a
+        backward did, the scaler skipped the step (inf/NaN gradients): close it as skipped."""
+        stepped, self._opt_stepped = self._opt_stepped, False
+        cur = self.current
+        if cur is not None and cur.backward_calls > 0 and not stepped:
+            cur.skipped = True
+            self._emit("step_skipped", cur.sampled, cur)
+            try:
+                self._close_step()
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")

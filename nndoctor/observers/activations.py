@@ -1,0 +1,180 @@
+"""Per-module forward statistics on sampled steps: [mean, std] of each module's output,
+non-finite flags for its inputs, other outputs and own parameters (for the NaN trace),
+the dead-unit share of ReLUs and the saturated share of sigmoid/tanh, BatchNorm fed
+batches of one, and which modules ran (in first-call order)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .._observations import ActivationRecord, Observations, StepRecord
+from ._base import NAN, Observer, float_tensors, mean_std
+
+
+class ActivationObserver(Observer):
+    name = "activations"
+    feeds = ("activation-std", "dead-relu", "saturated-activation", "nan-trace", "train-eval-mode",
+             "unused-parameter", "frozen-layer", "vanishing-gradient")
+
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        self._seen_order: set[str] = set()
+        self._relu_active: dict[str, torch.Tensor] = {}
+        self._relu_samples: dict[str, int] = {}
+        self._step_outputs: dict[tuple[Any, ...], int] = {}
+        self._calls = 0
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def begin_step(self, cur: StepRecord) -> None:
+        self._step_outputs = {}
+        self._calls = 0
+
+    def step_hooks(self, model: nn.Module) -> list[Any]:
+        """A forward hook on every sub-module (the root has the recorder's own hooks);
+        ``always_call`` so a forward that raises half-way is still traced."""
+        return [module.register_forward_hook(self._make_hook(path), always_call=True)
+                for path, module in model.named_modules() if path]
+
+    def model_post(self, cur: StepRecord, module: nn.Module, args: Any, output: Any) -> None:
+        self._record_call(cur, "", "container", module, args, output)
+
+    def _make_hook(self, path: str) -> Callable[..., None]:
+        unit, rec = self, self.rec
+        category = rec.obs.modules[path].category
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            cur = rec.current
+            if unit.failed or cur is None or not cur.sampled:
+                return
+            if not torch.is_grad_enabled():
+                # e.g. a frozen trunk run under torch.no_grad() inside forward: it is
+                # used, just not measured.
+                rec.obs.called_modules.add(path)
+                return
+            try:
+                unit._record_call(cur, path, category, module, args, output)
+            except Exception as exc:  # never raise into the user's forward
+                rec.unit_failed(unit, f"forward hook on {path}", exc)
+
+        return hook
+
+    def _record_call(self, cur: StepRecord, path: str, category: str, module: nn.Module, args: Any,
+                     output: Any) -> None:
+        obs = self.rec.obs
+        obs.called_modules.add(path)
+        outs = float_tensors(output)
+        if category == "loss" or not outs:
+            return
+        if path not in self._seen_order:
+            self._seen_order.add(path)
+            obs.forward_order.append(path)
+        call = self._calls
+        self._calls += 1
+        _, primary = outs[0]
+        nan, zero = self._constants(primary.device)
+        f32 = torch.float32
+        # One stack of 0-d float32 values per call (few ops: on small models each op's
+        # dispatch costs more than its arithmetic):
+        # [mean, std, flag of each other output, sum of fresh inputs, sum of own
+        #  parameters, dead share, saturated share]
+        with torch.no_grad():
+            # mean and std of the primary output; a non-finite element makes the mean non-finite.
+            values = list(mean_std(primary))
+            # other output elements (tuple/dict outputs): one sum each, for non-finite flags
+            values += [t.detach().sum(dtype=f32) for _, t in outs[1:]] if len(outs) > 1 else [nan]
+            # Inputs that are the outputs of a module measured earlier in this step are not
+            # reduced again: the producer's flag is reused (find_nonfinite resolves it).
+            input_calls: list[int] = []
+            in_sum = zero
+            for _, t in float_tensors(args):
+                key = (t.data_ptr(), tuple(t.shape), t.dtype)
+                if key in self._step_outputs:
+                    input_calls.append(self._step_outputs[key])
+                else:
+                    in_sum = in_sum + t.detach().sum(dtype=f32)
+            p_sum = zero
+            for p in module.parameters(recurse=False):
+                if p.is_floating_point():
+                    p_sum = p_sum + p.detach().sum(dtype=f32)
+            dead = sat = nan
+            if category == "relu" and primary.dim() >= 2:
+                dead = self._relu(path, primary)
+            elif category in ("sigmoid", "tanh"):
+                y = primary.detach()
+                sat_mask = ((y - 0.5).abs() > 0.4975) if category == "sigmoid" else (y.abs() > 0.995)
+                sat = sat_mask.mean(dtype=f32)
+            values += [in_sum, p_sum, dead, sat]
+            vec = torch.stack(values)
+        for _, t in outs:
+            self._step_outputs[(t.data_ptr(), tuple(t.shape), t.dtype)] = call
+        n_extra = max(len(outs) - 1, 1)
+        labels = [lab for lab, _ in outs]
+        batch = int(primary.shape[0]) if primary.dim() >= 1 else None
+        numel = int(primary.numel())
+        spatial = math.prod(int(d) for d in primary.shape[2:]) if primary.dim() >= 3 else None
+        if category == "batchnorm" and module.training and args and isinstance(args[0], torch.Tensor):
+            if args[0].dim() >= 2 and args[0].shape[0] == 1:
+                cur.bn_batch_one.append(path)
+
+        def sink(vals: list[float]) -> None:
+            mean, std = vals[0], vals[1]
+            flags = [mean] + (vals[2 : 2 + n_extra] if len(labels) > 1 else [])
+            in_sum, p_sum = vals[2 + n_extra], vals[3 + n_extra]
+            dead_v, sat_v = vals[4 + n_extra], vals[5 + n_extra]
+            bad_idx = next((i for i, v in enumerate(flags) if not math.isfinite(v)), None)
+            cur.activations.append(ActivationRecord(
+                path=path, call=call, mean=mean, std=std, numel=numel,
+                out_nonfinite=bad_idx is not None,
+                in_nonfinite=not math.isfinite(in_sum),
+                batch=batch,
+                dead_fraction=None if math.isnan(dead_v) else dead_v,
+                saturated_fraction=None if math.isnan(sat_v) else sat_v,
+                params_nonfinite=not math.isfinite(p_sum),
+                output_index=(labels[bad_idx] or None) if bad_idx is not None and len(labels) > 1 else None,
+                input_calls=input_calls,
+                spatial=spatial,
+            ))
+
+        self.add(vec, sink)
+
+    def _relu(self, path: str, primary: torch.Tensor) -> torch.Tensor:
+        """Dead share of this call; units never active are accumulated over the watch.
+        A unit is a channel (dim 1) of conv/linear outputs, the last dim of (batch,
+        tokens, features) outputs. One max-reduction, no copy."""
+        unit_dim = primary.dim() - 1 if primary.dim() == 3 else 1
+        dims = tuple(d for d in range(primary.dim()) if d != unit_dim)
+        active = primary.detach().amax(dim=dims) > 0
+        prev = self._relu_active.get(path)
+        self._relu_active[path] = active if prev is None or prev.shape != active.shape else (prev | active)
+        self._relu_samples[path] = self._relu_samples.get(path, 0) + primary.numel() // max(active.numel(), 1)
+        return 1.0 - active.mean(dtype=torch.float32)
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """0-d NaN and zero on ``device`` (made once: a placeholder costs no op per call)."""
+        found = self._consts.get(device)
+        if found is None:
+            found = self._consts[device] = (torch.full((), NAN, device=device), torch.zeros((), device=device))
+        return found
+
+    def finalize(self, obs: Observations) -> None:
+        # ReLU units that were never active in any sampled batch: one transfer at the end.
+        if not self._relu_active:
+            return
+        paths = list(self._relu_active)
+        dead = torch.cat([(~self._relu_active[p]).float().sum().reshape(1).cpu() for p in paths]).tolist()
+        for p, n_dead in zip(paths, dead):
+            obs.relu_units[p] = {
+                "units": int(self._relu_active[p].numel()),
+                "dead": int(n_dead),
+                "samples": int(self._relu_samples.get(p, 0)),
+            }
+        self._relu_active.clear()
+
+    def release(self) -> None:
+        self._relu_active.clear()
+        self._step_outputs = {}
+        self._consts = {}
