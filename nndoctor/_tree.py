@@ -33,7 +33,7 @@ def _rebuild(original: Any, items: Any, plain: type) -> Any:
     """The container type of ``original`` holding ``items``; a subclass whose constructor
     does not take its items (a dataclass-like model output...) becomes the plain type."""
     if type(original) is plain:
-        return items
+        return plain(items) if plain is tuple else items
     try:
         return type(original)(items)
     except Exception:
