@@ -71,13 +71,13 @@ def no_observer_failures(request, monkeypatch):
     from nndoctor._observe import Recorder
 
     failures: list[str] = []
-    original = Recorder._observer_failed
+    original = Recorder.unit_failed
 
-    def record(self, where, exc):
-        failures.append(f"observer '{where}' failed: {exc!r}")
-        return original(self, where, exc)
+    def record(self, unit, where, exc):
+        failures.append(f"observer '{getattr(unit, 'name', unit)}' failed in {where}: {exc!r}")
+        return original(self, unit, where, exc)
 
-    monkeypatch.setattr(Recorder, "_observer_failed", record)
+    monkeypatch.setattr(Recorder, "unit_failed", record)
     yield
     if request.node.get_closest_marker("internal_errors_expected") is None:
         assert not failures, f"internal errors in nndoctor's observers: {failures}"

@@ -73,8 +73,9 @@ def test_html_diagnosis_comes_first():
     html = _report(diagnosis=diagnosis)._repr_html_()
     assert html.index("Diagnosis:") < html.index("<table")
     assert "fitted in 37 steps" in html and "high confidence" in html
-    assert "Diagnosis:" not in _report()._repr_html_()  # no diagnosis, no block
-    assert "Diagnosis:" not in _report(diagnosis=None)._repr_html_()
+    # The report diagnoses itself: its error (input-normalization) leads.
+    assert "<code>input-normalization</code>" in _report()._repr_html_()
+    assert "Diagnosis:" not in _report(diagnosis=None)._repr_html_()  # no diagnosis, no block
 
 
 def test_html_healthy_report():

@@ -129,6 +129,7 @@ def _boom(*args, **kwargs):
     raise RuntimeError("unit bug")
 
 
+@pytest.mark.internal_errors_expected
 @pytest.mark.parametrize("unit_path, method, unit_name, dark, alive", [
     ("nndoctor.observers.activations.ActivationObserver", "_record_call", "activations",
      "dead-relu", "input-normalization"),
@@ -148,6 +149,7 @@ def test_a_failing_unit_skips_only_the_checks_that_read_it(monkeypatch, unit_pat
     assert any("unit bug" in n for n in report.observations.notes)
 
 
+@pytest.mark.internal_errors_expected
 def test_a_unit_failing_in_its_sink_goes_dark_alone(monkeypatch):
     """A unit can also fail on the host, when its values arrive at the sync."""
     from nndoctor.observers.gradients import GradientObserver
