@@ -581,7 +581,16 @@ def test_threshold_random_input_min_train_gain(real_end, fires):
 @pytest.mark.parametrize("noise_end,fires", [(0.9 - EPS, True), (0.9 + EPS, False)], ids=["noise-learns", "nothing-learns"])
 def test_random_input_train_gain_needs_noise_to_learn(noise_end, fires):
     # real no better than zeros: conclusive only if the model learns from noise at all
-    data = random_data(real_end=0.95, noise_end=noise_end)
+    data = random_data(real_end=0.97, noise_end=noise_end)
+    findings, _ = RandomInputLoss().run(obs_with(random_input=data))
+    assert any("all-zero inputs" in f.message for f in findings) is fires
+
+
+@pytest.mark.parametrize("real_end,fires", [(0.92 - EPS, False), (0.92 + EPS, True)], ids=["half-above", "half-below"])
+def test_threshold_random_input_max_share_of_noise_gain(real_end, fires):
+    # noise gains 16% of the start; real inputs must gain under half of that (8%) to count as
+    # "no advantage over zeros"
+    data = random_data(real_end=real_end, noise_end=0.84)
     findings, _ = RandomInputLoss().run(obs_with(random_input=data))
     assert any("all-zero inputs" in f.message for f in findings) is fires
 
