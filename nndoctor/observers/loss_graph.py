@@ -13,23 +13,13 @@ from typing import Any
 
 import torch
 
+from .._losskinds import GRAPH_NODE_KINDS, KINDS
 from .._observations import LossGraph, StepRecord
 from .._tree import map_tensors
 from ._base import Observer
 
-# grad_fn node name -> loss kind
-LOSS_KIND_BY_NODE = {
-    "NllLossBackward0": "nll",
-    "NllLoss2DBackward0": "nll",
-    "NllLoss2dBackward0": "nll",
-    "BinaryCrossEntropyBackward0": "bce",
-    "BinaryCrossEntropyWithLogitsBackward0": "bce_logits",
-    "MseLossBackward0": "mse",
-    "L1LossBackward0": "l1",
-    "SmoothL1LossBackward0": "smooth_l1",
-    "HuberLossBackward0": "huber",
-    "KlDivBackward0": "kl_div",
-}
+# grad_fn node name -> loss kind: the one table (nndoctor._losskinds)
+LOSS_KIND_BY_NODE = GRAPH_NODE_KINDS
 _PASS_THROUGH = (
     "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "PermuteBackward0",
     "TransposeBackward0", "TransposeBackward1", "UnsqueezeBackward0", "SqueezeBackward0",
@@ -130,8 +120,9 @@ def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGr
     return graph, node
 
 
-LOSS_KINDS = ("cross_entropy", "nll", "bce", "bce_logits", "mse", "l1", "smooth_l1", "huber", "kl_div",
-              "soft_cross_entropy", "other")
+# The observe side adds two kinds the graph tells apart: a cross-entropy against
+# probability targets (found by its log_softmax) and anything else.
+LOSS_KINDS = (*KINDS, "soft_cross_entropy", "other")
 
 
 def _clone(obj: Any) -> Any:
