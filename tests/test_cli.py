@@ -246,7 +246,6 @@ def test_bad_option_values_exit_2(tmp_path):
 
 
 def test_logdir_gets_tensorboard_files(tmp_path):
-    pytest.importorskip("tensorboard")
     logdir = tmp_path / "tb"
     r = cli("check", write(tmp_path, "train"), "--steps", "4", "--no-experiments", "--logdir", logdir)
     assert r.exit_code == 0, r.stderr

@@ -181,7 +181,6 @@ def test_to_json_creates_the_files_folder_only(tmp_path):
 
 
 def test_each_logdir_run_gets_its_own_folder(tmp_path):
-    pytest.importorskip("tensorboard")
     import datetime
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -443,7 +443,6 @@ def test_init_probe_records_plain_data_for_chance_level_loss():
 
 
 def test_chance_level_loss_is_judged_from_the_init_probe():
-    pytest.importorskip("nndoctor.checks.loss").ChanceLevelLoss
     model = mlp()
     with torch.no_grad():
         model[3].weight.mul_(30)  # confidently wrong logits at init

@@ -25,7 +25,6 @@ def block(name: str) -> str:
 
 
 def test_lightning_snippet(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("lightning")
     monkeypatch.chdir(tmp_path)
     exec(compile(block("lightning"), "README.md:lightning", "exec"), {})
     out = capsys.readouterr().out
@@ -33,7 +32,6 @@ def test_lightning_snippet(tmp_path, monkeypatch, capsys):
 
 
 def test_transformers_snippet(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("transformers")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(block("transformers"), "README.md:transformers", "exec"), scope)

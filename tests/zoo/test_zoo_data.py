@@ -63,7 +63,6 @@ def test_synthetic_ssl_images_need_nothing():
 
 
 def test_sklearn_photos_and_digits_load_without_network(monkeypatch):
-    pytest.importorskip("sklearn")
 
     def no_network(*args, **kwargs):
         raise AssertionError("nndoctor.zoo.data tried to open a network connection")
