@@ -13,7 +13,7 @@ from nndoctor import Report
 
 # The test extra installs both libraries: a missing one is a failure, not a skip.
 import lightning.pytorch as pl  # noqa: E402
-import transformers  # noqa: E402
+import transformers  # noqa: E402,F401  (imported so that a missing install fails here)
 
 from nndoctor.integrations.lightning import DoctorCallback as LightningDoctor  # noqa: E402
 from nndoctor.integrations.transformers import DoctorCallback as HFDoctor  # noqa: E402
