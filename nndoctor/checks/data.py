@@ -6,7 +6,7 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import fmt, median
+from ._util import count, fmt, median
 
 
 class InputNormalization(Check):
@@ -194,6 +194,13 @@ class RepeatedBatch(Check):
     - Overfitting a single batch on purpose (the checklist's own debugging step), or
       full-batch training of a small data set: ignore the check there
       (`--ignore repeated-batch`). Because of these, the check warns and never errors.
+    - Deliberate full-batch training is recognised, and reported as info, when the
+      observers say the batch is the whole data set: no DataLoader was iterated and the
+      input tensor is the whole of its storage (not a slice of a larger tensor), or the
+      DataLoader's data set fits in its one batch. A batch cut once out of a larger tensor,
+      or `next(iter(loader))` over a larger data set, still warns. (The two observations,
+      `Observations.data_loaders` and `InputRecord.whole_storage`, are optional: without
+      them the check warns as before.)
 
     ## Example
     `x, y = next(iter(loader))` before the loop, then `for step in range(1000): loss = crit(model(x), y)`.
@@ -229,11 +236,45 @@ class RepeatedBatch(Check):
         if not repeated:
             return
         if len(repeated) == len(pairs):
+            design = _full_batch_design(obs, recs)
+            if design:
+                yield self.finding(
+                    f"All {count(len(pairs), 'pair')} of consecutive observed steps received the identical batch, "
+                    f"and {design}: deliberate full-batch training, not a loading bug.",
+                    severity=Severity.INFO, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs),
+                    kind="full_batch",
+                    fix="Nothing to fix for full-batch training; with more data than fits one batch, "
+                        "iterate a DataLoader instead.")
+                return
             yield self.finding(
-                f"All {len(pairs)} pairs of consecutive observed steps received the identical batch: "
+                f"All {count(len(pairs), 'pair')} of consecutive observed steps received the identical batch: "
                 f"the model trains on one batch only (fine for deliberate full-batch training).",
                 severity=Severity.WARNING, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
         else:
             yield self.finding(
-                f"{len(repeated)} of {len(pairs)} pairs of consecutive steps received the identical batch.",
+                f"{len(repeated)} of {count(len(pairs), 'pair')} of consecutive steps received the identical batch.",
                 severity=Severity.WARNING, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
+
+
+def _full_batch_design(obs, recs) -> str | None:
+    """Why a batch repeated at every step is the whole data set, or None when nothing says so.
+
+    Reads two optional observations (absent from older observers, then None and the check
+    warns as before): ``obs.data_loaders`` — one dict per ``torch.utils.data.DataLoader``
+    iterated while watching, ``{"dataset_len": int | None, "batch_size": int | None,
+    "batches": int}`` (``[]``: none was iterated) — and ``InputRecord.whole_storage`` — the
+    model input spans its whole storage (True), or is a slice of a larger tensor (False:
+    one batch cut out of a bigger data set, the classic bug)."""
+    loaders = getattr(obs, "data_loaders", None)
+    whole = [getattr(r.input, "whole_storage", None) for r in recs]
+    if loaders:
+        # The loader's single batch covers its whole data set.
+        if all(ld.get("dataset_len") is not None and ld.get("batch_size") is not None
+               and ld["dataset_len"] <= ld["batch_size"] for ld in loaders):
+            n = max(ld["dataset_len"] for ld in loaders)
+            return f"the DataLoader's batch holds its whole data set ({count(n, 'sample')})"
+        return None
+    if loaders is not None and whole and all(w is True for w in whole):
+        return ("no DataLoader was iterated and the input tensor is the whole of its storage "
+                "(not a slice of a larger data set)")
+    return None
