@@ -252,3 +252,43 @@ def test_count_and_number_wording():
     assert count(12480, "parameter") == "12,480 parameters"
     assert count(3, "batch") == "3 batches" and count(2, "entry") == "2 entries"
     assert number(2437) == "2,437" and number(0.5) == "0.5"
+
+
+def _ratio_message(n_steps: int, early_only: bool) -> str:
+    obs = Observations(model_class="Net")
+    obs.params["w"] = ParamMeta("w", "fc", (4, 4), 16, True, True, "linear", "weight", 4, 0.3, 0.0, False)
+    for i in range(n_steps):
+        ratio = 0.5 if (i < 5 or not early_only) else 0.01
+        obs.steps.append(StepRecord(step=i, sampled=True, loss=5.0, backward_calls=1,
+                                    update_norms={"w": ratio}, weight_norms={"w": 1.0}))
+    (finding,) = REGISTRY["update-ratio"]().run(obs)[0]
+    return finding.message
+
+
+def test_update_ratio_message_pluralises_and_never_nests_parentheses():
+    one = _ratio_message(1, early_only=False)
+    assert "1 weight tensor and 1 update;" in one and "1 updates" not in one
+    early = _ratio_message(30, early_only=True)
+    assert "over the first 5 measured updates; the median over all 30 is 0.01" in early
+    inner = early[early.index("(") + 1:]
+    assert inner.index(")") < inner.index("(") if "(" in inner else True  # no "( ... ( ... ) ... )"
+
+
+@pytest.mark.parametrize("kind,words", [("other", "hand-written or not recognised"), ("mse", "an MSE loss"),
+                                        (None, "of an unknown type")])
+def test_chance_level_names_the_loss_in_words(kind, words):
+    from nndoctor._observations import LossGraph
+
+    obs = Observations(model_class="Net")
+    obs.steps.append(StepRecord(step=0, sampled=True, loss=2.0, loss_graph=LossGraph(kind=kind or "")))
+    findings, reason = REGISTRY["chance-level-loss"]().run(obs)
+    assert findings == [] and f"the loss is {words}, not a softmax cross-entropy" in reason
+    assert "is other" not in reason
+
+
+def test_counts_in_messages_use_thousands_separators():
+    obs = Observations(model_class="Net")
+    obs.called_modules = {""}
+    obs.unregistered_modules = [{"class": "Linear", "parameters": 12480, "in_optimizer": False}]
+    findings, _ = REGISTRY["unused-parameter"]().run(obs)
+    assert "1 module (Linear; 12,480 parameters) runs inside" in findings[0].message

@@ -210,7 +210,7 @@ class DeadRelu(Check):
             sev = Severity.ERROR if frac >= self.all_dead_fraction else Severity.WARNING
             yield self.finding(
                 f"{frac:.0%} of the units of `{path}` ({u['dead']}/{u['units']}) were zero for "
-                f"all {u['samples']} samples seen; they pass no gradient.",
+                f"all {count(u['samples'], 'sample')} seen; they pass no gradient.",
                 severity=sev, where=path, dead_fraction=frac, dead_units=u["dead"],
                 units=u["units"], samples=u["samples"],
             )

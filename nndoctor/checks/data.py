@@ -6,7 +6,7 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import count, fmt, median
+from ._util import count, fmt, median, number
 
 
 class InputNormalization(Check):
@@ -61,7 +61,7 @@ class InputNormalization(Check):
         zero = [r for r in floats if r.input.max == 0 and r.input.min == 0]
         if len(zero) == len(floats):
             yield self.finding(
-                f"The input batches are all zeros (checked {len(floats)} batch(es), shape {floats[0].input.shape}): "
+                f"The input batches are all zeros (checked {count(len(floats), 'batch')}, shape {floats[0].input.shape}): "
                 f"no information reaches the network.",
                 severity=Severity.ERROR, step=zero[0].step, batches=len(floats))
             return
@@ -84,7 +84,7 @@ class InputNormalization(Check):
         zero_frac = median(r.input.zero_fraction for r in floats)
         if zero and len(zero) < len(floats):
             yield self.finding(
-                f"{len(zero)} of {len(floats)} input batches were entirely zero.",
+                f"{len(zero)} of {count(len(floats), 'input batch')} {'was' if len(zero) == 1 else 'were'} entirely zero.",
                 severity=Severity.WARNING, step=zero[0].step, zero_fraction=zero_frac, **evidence)
 
 
@@ -153,14 +153,14 @@ class LabelDistribution(Check):
         if k and k > 1 and len(total) == 1:
             only = next(iter(total))
             yield self.finding(
-                f"All {n} labels seen are class {only} (of {k}): the model can only learn a constant.",
+                f"All {count(n, 'label')} seen are class {only} (of {number(k)}): the model can only learn a constant.",
                 severity=Severity.ERROR, n_labels=n, counts=total)
             return
         sized = [r for r in recs if r.labels.n >= 8]
         single = [r for r in sized if len(r.labels.counts) == 1]
         if k and k > 1 and len(single) >= 2 and len(single) >= self.max_single_class_batches * len(sized):
             yield self.finding(
-                f"{len(single)} of {len(sized)} observed batches hold a single class (classes "
+                f"{len(single)} of {count(len(sized), 'observed batch')} hold a single class (classes "
                 f"{sorted({next(iter(r.labels.counts)) for r in single})}): the data are not shuffled.",
                 severity=Severity.WARNING, batches=len(single),
                 fix="Shuffle the training set (DataLoader(..., shuffle=True)).")
@@ -170,7 +170,7 @@ class LabelDistribution(Check):
             if ratio > self.max_imbalance and n >= 10 * len(total):
                 yield self.finding(
                     f"Class imbalance: the most frequent class has {ratio:.0f}x the samples of the least "
-                    f"frequent ({most} vs {least} of {n} labels). Often inherent to the task (token "
+                    f"frequent ({number(most)} vs {number(least)} of {count(n, 'label')}). Often inherent to the task (token "
                     f"frequencies in language modelling); worth a look for a classification data set.",
                     severity=Severity.INFO, imbalance=ratio, counts=total, n_labels=n,
                     fix="If the imbalance is not inherent to the task: class weights in the loss "

@@ -10,6 +10,23 @@ from ._base import CHECKLIST, Check, Citation, Skip, Threshold
 from ._util import count, fmt, listing, median, next_norm_after, number
 
 
+def _have(items) -> str:
+    return "has" if len(items) == 1 else "have"
+
+
+def _be(items) -> str:
+    return "is" if len(items) == 1 else "are"
+
+
+def _they(items) -> str:
+    return "it" if len(items) == 1 else "they"
+
+
+def _s1(items) -> str:
+    """The verb's third-person "s" when the subject is one thing ("it runs", "they run")."""
+    return "s" if len(items) == 1 else ""
+
+
 def _modules_of(obs, names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(obs.module_of(n) or "(root)" for n in names))
 
@@ -61,7 +78,7 @@ class FrozenLayer(Check):
         frozen = [n for n, m in params.items() if not m.requires_grad]
         if frozen and len(frozen) == len(params):
             yield self.finding(
-                f"All {len(params)} parameters have requires_grad=False: nothing in the model can train.",
+                f"All {count(len(params), 'parameter tensor')} have requires_grad=False: nothing in the model can train.",
                 severity=Severity.ERROR, where=None, parameters=len(params), kind="all_frozen",
                 fix="Set requires_grad=True on the parameters that must train (e.g. model.requires_grad_(True) then freeze selectively).",
             )
@@ -69,7 +86,7 @@ class FrozenLayer(Check):
         if frozen:
             mods = _modules_of(obs, frozen)
             yield self.finding(
-                f"{len(frozen)} parameter tensor(s) in {len(mods)} module(s) have requires_grad=False "
+                f"{count(len(frozen), 'parameter tensor')} in {count(len(mods), 'module')} {_have(frozen)} requires_grad=False "
                 f"({listing(mods)}); fine if you froze them on purpose.",
                 severity=Severity.INFO, where=mods[0], modules=mods, kind="requires_grad_false",
                 parameters=sum(params[n].numel for n in frozen),
@@ -82,7 +99,7 @@ class FrozenLayer(Check):
                 share = sum(params[n].numel for n in missing) / max(sum(params[n].numel for n in trainable), 1)
                 sev = Severity.ERROR if share >= self.max_missing_share else Severity.WARNING
                 yield self.finding(
-                    f"{len(missing)} trainable parameter tensor(s) are in no optimizer, so they never update: "
+                    f"{count(len(missing), 'trainable parameter tensor')} {_be(missing)} in no optimizer, so {_they(missing)} never update{_s1(missing)}: "
                     f"{listing(mods)}.",
                     severity=sev, where=mods[0], modules=mods, parameter_names=missing[:50], kind="not_in_optimizer",
                     fix="Build the optimizer after the whole model exists and pass model.parameters() "
@@ -100,7 +117,7 @@ class FrozenLayer(Check):
             sev = Severity.ERROR
             yield self.finding(
                 f"{listing(mods)} run in the forward pass but never receive a gradient "
-                f"({len(cut)} parameter tensor(s)): the graph is cut between them and the loss "
+                f"({count(len(cut), 'parameter tensor')}): the graph is cut between them and the loss "
                 f"(.detach(), .data, torch.no_grad(), or an integer cast).",
                 severity=sev, where=mods[0], modules=mods, parameter_names=cut[:50], kind="no_gradient",
             )
@@ -111,7 +128,7 @@ class FrozenLayer(Check):
         if zero and len(steps) >= 2:
             mods = _modules_of(obs, zero)
             yield self.finding(
-                f"The gradients of {listing(mods)} were exactly zero at all {len(steps)} watched steps "
+                f"The gradients of {listing(mods)} were exactly zero at all {count(len(steps), 'watched step')} "
                 f"(a dead ReLU upstream, a multiplication by zero, or a mask).",
                 severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=zero[:50], kind="zero_gradient",
             )
@@ -123,7 +140,7 @@ class FrozenLayer(Check):
                 mods = _modules_of(obs, unchanged)
                 yield self.finding(
                     f"{listing(mods)} get non-zero gradients but their values never changed over "
-                    f"{len(updated)} measured updates (learning rate 0 for their param group?).",
+                    f"{count(len(updated), 'measured update')} (learning rate 0 for their param group?).",
                     severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=unchanged[:50],
                     kind="never_changed",
                 )
@@ -181,7 +198,7 @@ class UnusedParameter(Check):
             classes = sorted({i["class"] for i in ghosts})
             total = sum(i["parameters"] for i in ghosts)
             yield self.finding(
-                f"{len(ghosts)} module(s) ({', '.join(classes)}; {total} parameters) run inside the model's "
+                f"{count(len(ghosts), 'module')} ({', '.join(classes)}; {count(total, 'parameter')}) run{_s1(ghosts)} inside the model's "
                 f"forward but are not registered as sub-modules: {consequence}.",
                 severity=sev, where=None, module_class=classes[0] if len(classes) == 1 else classes,
                 modules=len(ghosts), parameters=total, per_module=[i["parameters"] for i in ghosts],
@@ -206,8 +223,8 @@ class UnusedParameter(Check):
 
             all_frozen = all(frozen(p) for p in top)
             yield self.finding(
-                f"{len(top)} registered module(s) with parameters never ran in the forward pass: "
-                f"{listing(top)} ({n} parameters in all)"
+                f"{count(len(top), 'registered module')} with parameters never ran in the forward pass: "
+                f"{listing(top)} ({count(n, 'parameter')} in all)"
                 + ("; they are frozen too, so this looks deliberate." if all_frozen else "."),
                 severity=Severity.INFO if all_frozen else Severity.WARNING, where=top[0], modules=top,
                 parameters=n, frozen=all_frozen,
@@ -508,8 +525,8 @@ class TrainEvalMode(Check):
             mode_sensitive = [p for p, m in obs.modules.items() if m.category in ("dropout", "batchnorm")]
             sev = Severity.WARNING if mode_sensitive else Severity.INFO
             yield self.finding(
-                f"The model was in eval mode during {len(in_eval)} of {len(steps)} training steps"
-                + (f"; {len(mode_sensitive)} Dropout/BatchNorm layer(s) behave differently there "
+                f"The model was in eval mode during {len(in_eval)} of {count(len(steps), 'training step')}"
+                + (f"; {count(len(mode_sensitive), 'Dropout/BatchNorm layer')} behave{_s1(mode_sensitive)} differently there "
                    f"({listing(mode_sensitive, 3)})." if mode_sensitive else
                    " (it has no Dropout/BatchNorm, so this changes nothing yet)."),
                 severity=sev, step=in_eval[0], eval_steps=in_eval[:50], mode_sensitive_layers=mode_sensitive,
@@ -517,7 +534,7 @@ class TrainEvalMode(Check):
         bn_one = sorted({p for r in obs.steps for p in r.bn_batch_one})
         if bn_one:
             yield self.finding(
-                f"BatchNorm layer(s) {listing(bn_one)} received a batch of one sample in training mode: "
+                f"{'BatchNorm layer' if len(bn_one) == 1 else 'BatchNorm layers'} {listing(bn_one)} received a batch of one sample in training mode: "
                 f"the batch statistics are meaningless.",
                 severity=Severity.WARNING, where=bn_one[0], layers=bn_one,
             )
