@@ -220,28 +220,28 @@ def test_update_ratio_small_start_needs_growth_and_a_falling_loss(growth, falls,
 
 
 # ------------------------------------------------------ repeated-batch: full-batch training
-def _repeated_obs(loaders, whole) -> Observations:
+def _repeated_obs(loaders, same) -> Observations:
     obs = Observations(model_class="Net")
     for i in range(5):
         rec = StepRecord(step=i, sampled=True, backward_calls=1)
         rec.input = InputRecord("float32", (64, 10), 0.0, 1.0, -3, 3, 0.0, (1.0, 2.0))
-        if whole is not None:
-            rec.input.whole_storage = whole
+        if same is not None:
+            rec.input.same_tensor = same and i > 0
         obs.steps.append(rec)
     if loaders != "absent":
         obs.data_loaders = loaders
     return obs
 
 
-@pytest.mark.parametrize("loaders,whole,severity", [
-    ([], True, "info"),                                                # the tensor is the data set
+@pytest.mark.parametrize("loaders,same,severity", [
+    ([], True, "info"),                                                # the same tensor, no loader
     ([{"dataset_len": 64, "batch_size": 64, "batches": 20}], None, "info"),  # one batch holds it all
-    ([], False, "warning"),                                            # a slice of a larger tensor
+    ([], False, "warning"),                                            # the batch rebuilt each step
     ([{"dataset_len": 512, "batch_size": 32, "batches": 1}], True, "warning"),  # next(iter(loader))
     ("absent", True, "warning"),                                       # observer does not tell
 ])
-def test_repeated_batch_recognises_full_batch_training(loaders, whole, severity):
-    findings, _ = REGISTRY["repeated-batch"]().run(_repeated_obs(loaders, whole))
+def test_repeated_batch_recognises_full_batch_training(loaders, same, severity):
+    findings, _ = REGISTRY["repeated-batch"]().run(_repeated_obs(loaders, same))
     assert [f.severity.value for f in findings] == [severity], [f.message for f in findings]
 
 

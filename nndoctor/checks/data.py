@@ -196,10 +196,10 @@ class RepeatedBatch(Check):
       (`--ignore repeated-batch`). Because of these, the check warns and never errors.
     - Deliberate full-batch training is recognised, and reported as info, when the
       observers say the batch is the whole data set: no DataLoader was iterated and the
-      input tensor is the whole of its storage (not a slice of a larger tensor), or the
-      DataLoader's data set fits in its one batch. A batch cut once out of a larger tensor,
-      or `next(iter(loader))` over a larger data set, still warns. (The two observations,
-      `Observations.data_loaders` and `InputRecord.whole_storage`, are optional: without
+      model received the very same tensor object every step, or the DataLoader's data set
+      fits in its one batch. The same batch rebuilt every step (`x[:32]`), or
+      `next(iter(loader))` over a larger data set, still warns. (The two observations,
+      `Observations.data_loaders` and `InputRecord.same_tensor`, are optional: without
       them the check warns as before.)
 
     ## Example
@@ -262,11 +262,13 @@ def _full_batch_design(obs, recs) -> str | None:
     Reads two optional observations (absent from older observers, then None and the check
     warns as before): ``obs.data_loaders`` — one dict per ``torch.utils.data.DataLoader``
     iterated while watching, ``{"dataset_len": int | None, "batch_size": int | None,
-    "batches": int}`` (``[]``: none was iterated) — and ``InputRecord.whole_storage`` — the
-    model input spans its whole storage (True), or is a slice of a larger tensor (False:
-    one batch cut out of a bigger data set, the classic bug)."""
+    "batches": int}`` (``[]``: none was iterated) — and ``InputRecord.same_tensor`` — the
+    model input is the very tensor object of the previous observed step (kept by weak
+    reference; a data pointer alone can be reused by the allocator). The same tensor fed
+    again with no DataLoader in play is full-batch training (`x = torch.randn(N, D)` once,
+    then every step on `x`); `x, y = next(iter(loader))` before the loop is the same tensor
+    too, but with a DataLoader over a larger data set: the bug."""
     loaders = getattr(obs, "data_loaders", None)
-    whole = [getattr(r.input, "whole_storage", None) for r in recs]
     if loaders:
         # The loader's single batch covers its whole data set.
         if all(ld.get("dataset_len") is not None and ld.get("batch_size") is not None
@@ -274,7 +276,7 @@ def _full_batch_design(obs, recs) -> str | None:
             n = max(ld["dataset_len"] for ld in loaders)
             return f"the DataLoader's batch holds its whole data set ({count(n, 'sample')})"
         return None
-    if loaders is not None and whole and all(w is True for w in whole):
-        return ("no DataLoader was iterated and the input tensor is the whole of its storage "
-                "(not a slice of a larger data set)")
+    same = [getattr(r.input, "same_tensor", None) for r in recs[1:]]
+    if loaders is not None and same and all(v is True for v in same):
+        return "it is the very same tensor every step with no DataLoader iterated (the data set is one batch)"
     return None

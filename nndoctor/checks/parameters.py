@@ -470,8 +470,11 @@ class WeightInit(Check):
             yield self.finding(
                 f"{count(len(names), 'weight tensor')} start{'s' if len(names) == 1 else ''} with a small scale "
                 f"by design: {listing([f'{n} ({fmt(scale[n])}/sqrt(fan_in); {designed[n]})' for n in names], 3)}. "
-                f"Small residual projections before a LayerNorm (GPT-2's 0.02/sqrt(2 n_layer)) and a small "
-                f"output layer are deliberate choices, not a bad init.",
+                + ("Small residual projections before a LayerNorm (GPT-2's 0.02/sqrt(2 n_layer)) are a "
+                   "deliberate choice, not a bad init."
+                   if any(r != "the output layer" for r in designed.values()) else
+                   "A small output layer is a deliberate choice (the first predictions start near "
+                   "neutral), not a bad init."),
                 severity=Severity.INFO, where=first.module, weights=names, kind="small_by_design",
                 reasons=designed, **evidence,
                 fix="Nothing to fix if the small init is deliberate; Kaiming/Xavier advice does not apply "
