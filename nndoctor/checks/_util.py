@@ -78,3 +78,57 @@ def slope_t_statistic(values: Sequence[float]) -> tuple[float, float]:
     if se == 0:
         return slope, (-math.inf if slope < 0 else (math.inf if slope > 0 else 0.0))
     return slope, slope / se
+
+
+# -- wording: counts and numbers in messages ------------------------------------------
+def count(n: int | float, noun: str, plural: str | None = None) -> str:
+    """``count(1, "update")`` -> "1 update"; ``count(12480, "parameter")`` -> "12,480
+    parameters". The number is written with thousands separators, like the header."""
+    word = noun if n == 1 else (plural or _plural(noun))
+    return f"{number(n)} {word}"
+
+
+def number(n: int | float) -> str:
+    """An integer count with thousands separators ("12,480"); other numbers via ``fmt``."""
+    if isinstance(n, bool):
+        return str(n)
+    if isinstance(n, int) or (isinstance(n, float) and n.is_integer() and abs(n) < 1e15):
+        return f"{int(n):,}"
+    return fmt(n)
+
+
+def _plural(noun: str) -> str:
+    # Only the last word of a noun phrase takes the plural ("weight tensor" -> "weight tensors").
+    head, sep, last = noun.rpartition(" ")
+    if last.endswith(("s", "x", "ch", "sh")):
+        last += "es"
+    elif last.endswith("y") and last[-2:-1] not in ("a", "e", "i", "o", "u"):
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return head + sep + last
+
+
+# -- normalisation layers downstream (deliberate small scales) --------------------------
+def is_norm_layer(meta) -> bool:
+    """A normalisation layer: torch's own (category ``norm``/``batchnorm``) or a custom leaf
+    module whose class is named like one (nanoGPT's ``LayerNorm``, ``RMSNorm``)."""
+    if meta is None:
+        return False
+    if meta.category in ("norm", "batchnorm"):
+        return True
+    return meta.category == "other" and meta.is_leaf and "norm" in meta.class_name.lower()
+
+
+def next_norm_after(obs, path: str, leaf_order: Sequence[str], window: int = 3) -> str | None:
+    """The normalisation layer that re-scales ``path``'s output: the first norm layer among
+    the next ``window + 1`` leaves after ``path`` in forward order (GPT blocks: `c_proj`
+    -> dropout -> `ln_2`; `act` -> `c_proj` -> dropout -> `ln_1`). None when no norm layer
+    follows closely: then a small scale compounds layer after layer."""
+    if path not in leaf_order:
+        return None
+    i = leaf_order.index(path)
+    for nxt in leaf_order[i + 1 : i + 2 + window]:
+        if is_norm_layer(obs.modules.get(nxt)):
+            return nxt
+    return None

@@ -6,7 +6,7 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import fmt, listing, median
+from ._util import count, fmt, listing, median, next_norm_after
 
 # Outputs whose scale is bounded or set by design are not judged: sigmoid outputs live in
 # [0, 1] (std <= 0.5 always), recurrent layers return gated tanh states.
@@ -42,6 +42,11 @@ class ActivationStd(Check):
       judged (the checklist excepts LSTMs); saturated-activation covers sigmoid/tanh.
     - Pre-trained networks fed data in a different range than they were trained on
       (which is itself worth fixing).
+    - Transformers with GPT-2-style init (Linear std 0.02, residual projections `c_proj`
+      at 0.02/sqrt(2 n_layer)): the residual branches and the MLP's GELU output are small
+      on purpose, and the next LayerNorm re-scales the stream. A layer below the band whose
+      output reaches a normalisation layer (torch's, or a custom leaf class named `*Norm`)
+      within three layers, with that norm's output inside the band, is reported as info.
 
     ## Example
     A 10-layer tanh MLP with weights initialised at N(0, 0.01): the std drops by ~10x
@@ -95,18 +100,44 @@ class ActivationStd(Check):
         outside = [p for p, s in stds.items() if not (low <= s <= high)]
         evidence = {"std_by_layer": {p: stds[p] for p in hidden}, "band": [low, high],
                     "outside_band": outside}
+        # A small output that a normalisation layer right after re-scales into the band is a
+        # design, not a vanishing signal: GPT-2's residual projections (`c_proj`, init std
+        # 0.02/sqrt(2 n_layer)) write small updates into a residual stream that the next
+        # LayerNorm normalises. It does not compound layer after layer, so it is info.
+        renormalised = {}
+        for p in warns:
+            if stds[p] >= low:
+                continue
+            norm = next_norm_after(obs, p, leaf_order)
+            norm_std = median(per_layer.get(norm, [])) if norm else None
+            if norm_std is not None and low <= norm_std <= high:
+                renormalised[p] = norm
+        warns = [p for p in warns if p not in renormalised]
         for sev, layers in ((Severity.ERROR, errors), (Severity.WARNING, warns)):
             if not layers:
                 continue
             worst = max(layers, key=lambda p: abs(_log_distance(stds[p], low, high)))
             direction = "vanishing" if stds[worst] < low else "exploding"
             yield self.finding(
-                f"{len(layers)} layer(s) have an activation std more than {far:g}x outside the "
-                f"{low}-{high} band: "
+                f"{count(len(layers), 'layer')} {'has' if len(layers) == 1 else 'have'} an activation std "
+                f"more than {far:g}x outside the {low}-{high} band: "
                 f"{listing([f'{p} ({fmt(stds[p])})' for p in layers])}; worst `{worst}` "
                 f"({obs.modules[worst].class_name}) at {fmt(stds[worst])} ({direction}).",
                 severity=sev, where=worst, step=None,
                 layers=layers, worst_std=stds[worst], **evidence,
+            )
+        if renormalised:
+            first = next(iter(renormalised))
+            yield self.finding(
+                f"{count(len(renormalised), 'layer')} {'has' if len(renormalised) == 1 else 'have'} a small "
+                f"activation std ({listing([f'{p} ({fmt(stds[p])})' for p in renormalised])}), but a "
+                f"normalisation layer right after each re-scales the signal into the band "
+                f"(`{renormalised[first]}` at {fmt(median(per_layer[renormalised[first]]))}): a deliberate "
+                f"design such as GPT-2's scaled residual projections, not a vanishing signal.",
+                severity=Severity.INFO, where=first, layers=list(renormalised),
+                renormalised_by=renormalised, kind="renormalised", **evidence,
+                fix="Nothing to fix if the small init is deliberate (transformer residual branches); "
+                    "otherwise use a scale-preserving init for the layer type.",
             )
 
 
@@ -179,7 +210,7 @@ class DeadRelu(Check):
             sev = Severity.ERROR if frac >= self.all_dead_fraction else Severity.WARNING
             yield self.finding(
                 f"{frac:.0%} of the units of `{path}` ({u['dead']}/{u['units']}) were zero for "
-                f"all {u['samples']} samples seen; they pass no gradient.",
+                f"all {count(u['samples'], 'sample')} seen; they pass no gradient.",
                 severity=sev, where=path, dead_fraction=frac, dead_units=u["dead"],
                 units=u["units"], samples=u["samples"],
             )

@@ -6,7 +6,7 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import fmt, median
+from ._util import count, fmt, median, number
 
 
 class InputNormalization(Check):
@@ -61,7 +61,7 @@ class InputNormalization(Check):
         zero = [r for r in floats if r.input.max == 0 and r.input.min == 0]
         if len(zero) == len(floats):
             yield self.finding(
-                f"The input batches are all zeros (checked {len(floats)} batch(es), shape {floats[0].input.shape}): "
+                f"The input batches are all zeros (checked {count(len(floats), 'batch')}, shape {floats[0].input.shape}): "
                 f"no information reaches the network.",
                 severity=Severity.ERROR, step=zero[0].step, batches=len(floats))
             return
@@ -84,7 +84,7 @@ class InputNormalization(Check):
         zero_frac = median(r.input.zero_fraction for r in floats)
         if zero and len(zero) < len(floats):
             yield self.finding(
-                f"{len(zero)} of {len(floats)} input batches were entirely zero.",
+                f"{len(zero)} of {count(len(floats), 'input batch')} {'was' if len(zero) == 1 else 'were'} entirely zero.",
                 severity=Severity.WARNING, step=zero[0].step, zero_fraction=zero_frac, **evidence)
 
 
@@ -153,14 +153,14 @@ class LabelDistribution(Check):
         if k and k > 1 and len(total) == 1:
             only = next(iter(total))
             yield self.finding(
-                f"All {n} labels seen are class {only} (of {k}): the model can only learn a constant.",
+                f"All {count(n, 'label')} seen are class {only} (of {number(k)}): the model can only learn a constant.",
                 severity=Severity.ERROR, n_labels=n, counts=total)
             return
         sized = [r for r in recs if r.labels.n >= 8]
         single = [r for r in sized if len(r.labels.counts) == 1]
         if k and k > 1 and len(single) >= 2 and len(single) >= self.max_single_class_batches * len(sized):
             yield self.finding(
-                f"{len(single)} of {len(sized)} observed batches hold a single class (classes "
+                f"{len(single)} of {count(len(sized), 'observed batch')} hold a single class (classes "
                 f"{sorted({next(iter(r.labels.counts)) for r in single})}): the data are not shuffled.",
                 severity=Severity.WARNING, batches=len(single),
                 fix="Shuffle the training set (DataLoader(..., shuffle=True)).")
@@ -170,7 +170,7 @@ class LabelDistribution(Check):
             if ratio > self.max_imbalance and n >= 10 * len(total):
                 yield self.finding(
                     f"Class imbalance: the most frequent class has {ratio:.0f}x the samples of the least "
-                    f"frequent ({most} vs {least} of {n} labels). Often inherent to the task (token "
+                    f"frequent ({number(most)} vs {number(least)} of {count(n, 'label')}). Often inherent to the task (token "
                     f"frequencies in language modelling); worth a look for a classification data set.",
                     severity=Severity.INFO, imbalance=ratio, counts=total, n_labels=n,
                     fix="If the imbalance is not inherent to the task: class weights in the loss "
@@ -194,6 +194,13 @@ class RepeatedBatch(Check):
     - Overfitting a single batch on purpose (the checklist's own debugging step), or
       full-batch training of a small data set: ignore the check there
       (`--ignore repeated-batch`). Because of these, the check warns and never errors.
+    - Deliberate full-batch training is recognised, and reported as info, when the
+      observers say the batch is the whole data set: no DataLoader was iterated and the
+      model received the very same tensor object every step, or the DataLoader's data set
+      fits in its one batch. The same batch rebuilt every step (`x[:32]`), or
+      `next(iter(loader))` over a larger data set, still warns. (The two observations,
+      `Observations.data_loaders` and `InputRecord.same_tensor`, are optional: without
+      them the check warns as before.)
 
     ## Example
     `x, y = next(iter(loader))` before the loop, then `for step in range(1000): loss = crit(model(x), y)`.
@@ -229,11 +236,47 @@ class RepeatedBatch(Check):
         if not repeated:
             return
         if len(repeated) == len(pairs):
+            design = _full_batch_design(obs, recs)
+            if design:
+                yield self.finding(
+                    f"All {count(len(pairs), 'pair')} of consecutive observed steps received the identical batch, "
+                    f"and {design}: deliberate full-batch training, not a loading bug.",
+                    severity=Severity.INFO, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs),
+                    kind="full_batch",
+                    fix="Nothing to fix for full-batch training; with more data than fits one batch, "
+                        "iterate a DataLoader instead.")
+                return
             yield self.finding(
-                f"All {len(pairs)} pairs of consecutive observed steps received the identical batch: "
+                f"All {count(len(pairs), 'pair')} of consecutive observed steps received the identical batch: "
                 f"the model trains on one batch only (fine for deliberate full-batch training).",
                 severity=Severity.WARNING, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
         else:
             yield self.finding(
-                f"{len(repeated)} of {len(pairs)} pairs of consecutive steps received the identical batch.",
+                f"{len(repeated)} of {count(len(pairs), 'pair')} of consecutive steps received the identical batch.",
                 severity=Severity.WARNING, step=repeated[0][1], repeated_pairs=repeated, pairs=len(pairs))
+
+
+def _full_batch_design(obs, recs) -> str | None:
+    """Why a batch repeated at every step is the whole data set, or None when nothing says so.
+
+    Reads two optional observations (absent from older observers, then None and the check
+    warns as before): ``obs.data_loaders`` — one dict per ``torch.utils.data.DataLoader``
+    iterated while watching, ``{"dataset_len": int | None, "batch_size": int | None,
+    "batches": int}`` (``[]``: none was iterated) — and ``InputRecord.same_tensor`` — the
+    model input is the very tensor object of the previous observed step (kept by weak
+    reference; a data pointer alone can be reused by the allocator). The same tensor fed
+    again with no DataLoader in play is full-batch training (`x = torch.randn(N, D)` once,
+    then every step on `x`); `x, y = next(iter(loader))` before the loop is the same tensor
+    too, but with a DataLoader over a larger data set: the bug."""
+    loaders = getattr(obs, "data_loaders", None)
+    if loaders:
+        # The loader's single batch covers its whole data set.
+        if all(ld.get("dataset_len") is not None and ld.get("batch_size") is not None
+               and ld["dataset_len"] <= ld["batch_size"] for ld in loaders):
+            n = max(ld["dataset_len"] for ld in loaders)
+            return f"the DataLoader's batch holds its whole data set ({count(n, 'sample')})"
+        return None
+    same = [getattr(r.input, "same_tensor", None) for r in recs[1:]]
+    if loaders is not None and same and all(v is True for v in same):
+        return "it is the very same tensor every step with no DataLoader iterated (the data set is one batch)"
+    return None

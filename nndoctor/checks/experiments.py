@@ -749,6 +749,12 @@ class GradientCheck(Check):
       mismatch; the tolerance is set well above that level.
     - Models that only run in float32 are checked in float32 with eps 1e-3 and a 100x
       looser tolerance, which hides bugs smaller than about 10%.
+    - Round-off: in float32 (or with float32 tensors hard-coded inside a float64 forward)
+      the finite differences of a large model's loss can be noisier than the tolerance.
+      Where a direction's error is large, the probe measures that noise (the spread of
+      the estimates at eps/2, eps and 2 eps, at least the dtype's round-off of the loss
+      over eps); an error within `noise_margin` times it is reported as an inconclusive
+      info, never as an error. A non-finite loss is inconclusive too.
 
     ## Example
     A `torch.autograd.Function` implementing `x * w` whose backward returns
@@ -778,6 +784,14 @@ class GradientCheck(Check):
             "uncomfortable; 1e-3 sits between kink noise and the smallest real bugs, "
             "which measured 2.8e-3 and up)",
             "relative error",
+        ),
+        Threshold(
+            "noise_margin",
+            3.0,
+            "a direction fails only when its relative error is also this many times the round-off "
+            "measured on the finite differences (their spread between step sizes eps/2, eps, 2 eps); "
+            "within it the whole-model check is inconclusive (info)",
+            "factor",
         ),
         Threshold(
             "gradcheck_atol",
@@ -856,7 +870,39 @@ class GradientCheck(Check):
         if model and not model.get("skipped"):
             worst = model.get("max_rel_error")
             tol = self.max_relative_error * (100.0 if model.get("dtype") == "float32" else 1.0)
+            loss = model.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                if not failed_where:
+                    yield self.finding(
+                        f"Inconclusive: the loss is {loss} on the checked batch, so finite differences of it "
+                        f"say nothing about the backward; no verdict on the gradients.",
+                        severity=Severity.INFO, kind="inconclusive", reason="nonfinite_loss", dtype=model.get("dtype"),
+                        fix="Find where the loss becomes non-finite first (see nan-trace).")
+                return
             if worst is not None and (not math.isfinite(worst) or worst > tol):
+                results = model.get("results") or []
+                clear, noisy = self.split_by_noise(results, tol)
+                if results and not clear and noisy:
+                    # Every direction over the tolerance is within the round-off the probe
+                    # measured on the finite differences themselves: no verdict.
+                    if failed_where:
+                        return
+                    noise = max(r["noise_rel"] for r in noisy)
+                    through32 = any(r.get("loss_through_float32") for r in noisy)
+                    yield self.finding(
+                        f"Inconclusive: the gradient differs from finite differences by {worst:.2g} (relative, "
+                        f"{model.get('dtype')}), but the round-off of the finite differences themselves is "
+                        f"{noise:.2g} (relative; from their spread at step sizes eps/2, eps and 2 eps and the "
+                        f"loss's precision"
+                        + ("; the loss passes through float32 tensors built inside forward" if through32 else "")
+                        + "): no verdict on the backward.",
+                        severity=Severity.INFO, kind="inconclusive", reason="roundoff", max_rel_error=worst,
+                        noise_rel=noise, dtype=model.get("dtype"), tolerance=tol,
+                        fix="Nothing to fix from this check. For a verdict, let the model run in float64 "
+                            "(no hard-coded float32 tensors in forward).")
+                    return
+                if results and clear:
+                    worst = max(r["rel_error"] for r in clear)
                 localized = [
                     t for t in model.get("localized") or []
                     if t.get("rel_error") is not None
@@ -886,3 +932,19 @@ class GradientCheck(Check):
                     dtype=model.get("dtype"),
                     localized=localized[:10],
                 )
+
+    def split_by_noise(self, results: list[dict[str, Any]], tol: float) -> tuple[list, list]:
+        """The directions whose error exceeds ``tol``: (clear, noisy). Clear: the error is
+        also more than ``noise_margin`` times the round-off measured on the finite
+        differences (or no round-off was measured, as in older records). Noisy: within it."""
+        clear, noisy = [], []
+        for r in results:
+            err = r.get("rel_error")
+            if err is None or (math.isfinite(err) and err <= tol):
+                continue
+            noise = r.get("noise_rel")
+            if noise is not None and (not math.isfinite(noise) or err <= self.noise_margin * noise):
+                noisy.append({**r, "noise_rel": noise})
+            else:
+                clear.append(r)
+        return clear, noisy

@@ -8,7 +8,7 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import fmt, listing, median
+from ._util import count, fmt, listing, median, number
 
 
 class NanTrace(Check):
@@ -117,7 +117,7 @@ class NanTrace(Check):
                 f"The first non-finite gradient (in backward order) is `{bwd.where}` at step {bwd.step}"
                 + (" while the loss was finite: the backward pass itself overflowed or divided by zero"
                    " (e.g. sqrt at 0, a custom backward)." if bwd.detail.get("loss_finite") else ".")
-                + f" {bwd.detail.get('n_bad', 1)} parameter(s) had non-finite gradients." + later,
+                + f" {count(bwd.detail.get('n_bad', 1), 'parameter tensor')} had non-finite gradients." + later,
                 where=bwd.where, step=bwd.step, direction="backward", first_bad_gradient=bwd.where,
                 **evidence,
             )
@@ -146,14 +146,14 @@ class NanTrace(Check):
         evidence = {"skipped_steps": skipped[:100], "skipped_fraction": frac, "longest_run": best}
         if best >= self.max_skipped_run:
             yield self.finding(
-                f"The GradScaler skipped {best} consecutive steps ({len(skipped)} of {len(steps)} in all): "
+                f"The GradScaler skipped {count(best, 'consecutive step')} ({len(skipped)} of {number(len(steps))} in all): "
                 f"the gradients overflow at every loss scale, so the model is not training.",
                 severity=Severity.ERROR, step=skipped[0], direction="amp", **evidence,
                 fix="Find the layer that overflows in fp16 (run `nndoctor check` or Doctor(sample_every=1)); "
                     "keep the loss in fp32, lower the learning rate, or use bf16 autocast.")
         elif frac > self.max_skipped_fraction:
             yield self.finding(
-                f"The GradScaler skipped {len(skipped)} of {len(steps)} steps because of inf/NaN gradients.",
+                f"The GradScaler skipped {len(skipped)} of {count(len(steps), 'step')} because of inf/NaN gradients.",
                 severity=Severity.WARNING, step=skipped[0], direction="amp", **evidence,
                 fix="Check for fp16 overflow (large activations, exp/pow in the model), keep losses in fp32.")
 
@@ -349,7 +349,7 @@ class GradNotZeroed(Check):
         if stale and frac >= self.min_stale_fraction:
             first = stale[0]
             yield self.finding(
-                f"At {len(stale)} of {len(checked)} checked steps the gradients of the previous step "
+                f"At {len(stale)} of {count(len(checked), 'checked step')} the gradients of the previous step "
                 f"were still in `.grad` when the next backward started (norm {fmt(first.stale_grad_norm)} "
                 f"at step {first.step}): zero_grad() is missing, so gradients add up across updates.",
                 step=first.step, stale_steps=[r.step for r in stale], checked_steps=len(checked),

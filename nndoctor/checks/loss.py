@@ -7,8 +7,23 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import downward_pair_fraction, finite, fmt, median, slope_t_statistic
+from ._util import count, downward_pair_fraction, finite, fmt, median, slope_t_statistic
 
+
+
+_LOSS_NAMES = {
+    "cross_entropy": "a cross-entropy", "nll": "an NLL loss", "bce": "a BCE loss",
+    "bce_logits": "a BCE-with-logits loss", "mse": "an MSE loss", "l1": "an L1 loss",
+    "smooth_l1": "a smooth-L1 loss", "kl_div": "a KL-divergence loss",
+}
+
+
+def _loss_words(kind: str | None) -> str:
+    """The loss kind in words: "an MSE loss"; "other" is a loss written by hand or not
+    recognised (never "the loss is other")."""
+    if not kind:
+        return "of an unknown type"
+    return _LOSS_NAMES.get(kind, "hand-written or not recognised")
 
 class LossInputFormat(Check):
     """## What it measures
@@ -151,7 +166,7 @@ class ChanceLevelLoss(Check):
 
     def _judge(self, loss, k, kind, reduction, multi, step, source) -> Iterable[Finding]:
         if kind not in ("cross_entropy",):
-            raise Skip(f"the loss is {kind or 'unknown'}, not a softmax cross-entropy: -ln(1/K) does not apply")
+            raise Skip(f"the loss is {_loss_words(kind)}, not a softmax cross-entropy: -ln(1/K) does not apply")
         if multi:
             raise Skip("the loss is a sum of several terms; the chance level of the whole is unknown")
         if reduction == "sum":
@@ -245,17 +260,17 @@ class LossNotDecreasing(Check):
                     "slope_t": t, "n": len(losses), "losses": losses[:200]}
         if max(losses) - min(losses) <= 1e-7 * max(abs(first), 1e-12):
             yield self.finding(
-                f"The loss is constant at {fmt(first)} over {len(losses)} steps: no update reaches the loss.",
+                f"The loss is constant at {fmt(first)} over {count(len(losses), 'step')}: no update reaches the loss.",
                 severity=Severity.ERROR, **evidence,
                 fix="Check that the optimizer holds the model's parameters, the learning rate is not 0, "
                     "and the graph is not cut (see frozen-layer).")
         elif change > self.diverging:
             yield self.finding(
-                f"The loss rises from {fmt(first)} to {fmt(last)} ({change:+.0%}) over {len(losses)} steps: training diverges.",
+                f"The loss rises from {fmt(first)} to {fmt(last)} ({change:+.0%}) over {count(len(losses), 'step')}: training diverges.",
                 severity=Severity.ERROR, **evidence,
                 fix="Lower the learning rate (x0.1), check the sign of the loss, clip gradients.")
         elif down < self.min_down_pairs and t > self.max_trend_t:
             yield self.finding(
-                f"The loss shows no downward trend over {len(losses)} steps: {fmt(first)} -> {fmt(last)} "
+                f"The loss shows no downward trend over {count(len(losses), 'step')}: {fmt(first)} -> {fmt(last)} "
                 f"({change:+.1%}; {down:.0%} of later values below earlier ones; trend t = {t:.1f}).",
                 severity=Severity.WARNING, **evidence)

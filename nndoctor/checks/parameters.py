@@ -7,7 +7,24 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import fmt, listing, median
+from ._util import count, fmt, listing, median, next_norm_after, number
+
+
+def _have(items) -> str:
+    return "has" if len(items) == 1 else "have"
+
+
+def _be(items) -> str:
+    return "is" if len(items) == 1 else "are"
+
+
+def _they(items) -> str:
+    return "it" if len(items) == 1 else "they"
+
+
+def _s1(items) -> str:
+    """The verb's third-person "s" when the subject is one thing ("it runs", "they run")."""
+    return "s" if len(items) == 1 else ""
 
 
 def _modules_of(obs, names: Iterable[str]) -> list[str]:
@@ -61,7 +78,7 @@ class FrozenLayer(Check):
         frozen = [n for n, m in params.items() if not m.requires_grad]
         if frozen and len(frozen) == len(params):
             yield self.finding(
-                f"All {len(params)} parameters have requires_grad=False: nothing in the model can train.",
+                f"All {count(len(params), 'parameter tensor')} have requires_grad=False: nothing in the model can train.",
                 severity=Severity.ERROR, where=None, parameters=len(params), kind="all_frozen",
                 fix="Set requires_grad=True on the parameters that must train (e.g. model.requires_grad_(True) then freeze selectively).",
             )
@@ -69,7 +86,7 @@ class FrozenLayer(Check):
         if frozen:
             mods = _modules_of(obs, frozen)
             yield self.finding(
-                f"{len(frozen)} parameter tensor(s) in {len(mods)} module(s) have requires_grad=False "
+                f"{count(len(frozen), 'parameter tensor')} in {count(len(mods), 'module')} {_have(frozen)} requires_grad=False "
                 f"({listing(mods)}); fine if you froze them on purpose.",
                 severity=Severity.INFO, where=mods[0], modules=mods, kind="requires_grad_false",
                 parameters=sum(params[n].numel for n in frozen),
@@ -82,7 +99,7 @@ class FrozenLayer(Check):
                 share = sum(params[n].numel for n in missing) / max(sum(params[n].numel for n in trainable), 1)
                 sev = Severity.ERROR if share >= self.max_missing_share else Severity.WARNING
                 yield self.finding(
-                    f"{len(missing)} trainable parameter tensor(s) are in no optimizer, so they never update: "
+                    f"{count(len(missing), 'trainable parameter tensor')} {_be(missing)} in no optimizer, so {_they(missing)} never update{_s1(missing)}: "
                     f"{listing(mods)}.",
                     severity=sev, where=mods[0], modules=mods, parameter_names=missing[:50], kind="not_in_optimizer",
                     fix="Build the optimizer after the whole model exists and pass model.parameters() "
@@ -100,7 +117,7 @@ class FrozenLayer(Check):
             sev = Severity.ERROR
             yield self.finding(
                 f"{listing(mods)} run in the forward pass but never receive a gradient "
-                f"({len(cut)} parameter tensor(s)): the graph is cut between them and the loss "
+                f"({count(len(cut), 'parameter tensor')}): the graph is cut between them and the loss "
                 f"(.detach(), .data, torch.no_grad(), or an integer cast).",
                 severity=sev, where=mods[0], modules=mods, parameter_names=cut[:50], kind="no_gradient",
             )
@@ -111,7 +128,7 @@ class FrozenLayer(Check):
         if zero and len(steps) >= 2:
             mods = _modules_of(obs, zero)
             yield self.finding(
-                f"The gradients of {listing(mods)} were exactly zero at all {len(steps)} watched steps "
+                f"The gradients of {listing(mods)} were exactly zero at all {count(len(steps), 'watched step')} "
                 f"(a dead ReLU upstream, a multiplication by zero, or a mask).",
                 severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=zero[:50], kind="zero_gradient",
             )
@@ -123,7 +140,7 @@ class FrozenLayer(Check):
                 mods = _modules_of(obs, unchanged)
                 yield self.finding(
                     f"{listing(mods)} get non-zero gradients but their values never changed over "
-                    f"{len(updated)} measured updates (learning rate 0 for their param group?).",
+                    f"{count(len(updated), 'measured update')} (learning rate 0 for their param group?).",
                     severity=Severity.WARNING, where=mods[0], modules=mods, parameter_names=unchanged[:50],
                     kind="never_changed",
                 )
@@ -181,7 +198,7 @@ class UnusedParameter(Check):
             classes = sorted({i["class"] for i in ghosts})
             total = sum(i["parameters"] for i in ghosts)
             yield self.finding(
-                f"{len(ghosts)} module(s) ({', '.join(classes)}; {total} parameters) run inside the model's "
+                f"{count(len(ghosts), 'module')} ({', '.join(classes)}; {count(total, 'parameter')}) run{_s1(ghosts)} inside the model's "
                 f"forward but are not registered as sub-modules: {consequence}.",
                 severity=sev, where=None, module_class=classes[0] if len(classes) == 1 else classes,
                 modules=len(ghosts), parameters=total, per_module=[i["parameters"] for i in ghosts],
@@ -206,8 +223,8 @@ class UnusedParameter(Check):
 
             all_frozen = all(frozen(p) for p in top)
             yield self.finding(
-                f"{len(top)} registered module(s) with parameters never ran in the forward pass: "
-                f"{listing(top)} ({n} parameters in all)"
+                f"{count(len(top), 'registered module')} with parameters never ran in the forward pass: "
+                f"{listing(top)} ({count(n, 'parameter')} in all)"
                 + ("; they are frozen too, so this looks deliberate." if all_frozen else "."),
                 severity=Severity.INFO if all_frozen else Severity.WARNING, where=top[0], modules=top,
                 parameters=n, frozen=all_frozen,
@@ -234,7 +251,10 @@ class UpdateRatio(Check):
       layers with a small init show large ratios early; the band is wide (1e-6 to 1e-1).
     - Biases and norm parameters (zero-initialised) are not judged.
     - Weights initialised near zero (e.g. a tiny linear regression) change by a large
-      share of their norm in the first updates, then settle.
+      share of their norm in the first updates, then settle. When only the first updates
+      are above the band, the median over all updates is inside it, the weight norm grew
+      at least `min_growth` times over the watched steps and the loss fell, the finding is
+      info ("a near-zero start"), not a warning.
 
     ## Example
     SGD with lr=10 on a default-initialised MLP: each step changes the weights by more
@@ -255,6 +275,7 @@ class UpdateRatio(Check):
         Threshold("broken", 1.0, "median ratio at which every update rewrites the weights (error)", "ratio"),
         Threshold("low", 1e-6, "median ratio below which updates are too small to matter (warning)", "ratio"),
         Threshold("early_updates", 5, "the first measured updates, also judged on their own (a too-high LR shows there before the weights inflate)", "updates"),
+        Threshold("min_growth", 2.0, "growth of the weight norm over the watched steps (with a falling loss and a healthy median over all updates) at which large first updates are a near-zero start, reported as info", "factor"),
     )
     citations = (CHECKLIST, Citation("CS231n notes, 'Neural Networks Part 3'"))
 
@@ -289,9 +310,24 @@ class UpdateRatio(Check):
             worst = max(moving, key=moving.get)
             sev = Severity.ERROR if overall >= self.broken else Severity.WARNING
             whole = median(moving.values())
-            when = (f"over the first {min(len(step_medians), int(self.early_updates))} measured updates "
-                    f"(median over all {len(step_medians)}: {fmt(whole)})" if early > whole else
-                    f"median over {len(moving)} weight tensors and {len(step_medians)} updates")
+            n_early = min(len(step_medians), int(self.early_updates))
+            when = (f"over the first {count(n_early, 'measured update')}; the median over all "
+                    f"{len(step_medians)} is {fmt(whole)}" if early > whole else
+                    f"median over {count(len(moving), 'weight tensor')} and {count(len(step_medians), 'update')}")
+            growth = _weight_growth(obs, list(moving))
+            if sev is Severity.WARNING and whole <= self.high and growth is not None \
+                    and growth >= self.min_growth and _loss_fell(obs):
+                # Only the first updates are large, measured against weights that started near
+                # zero and have since grown (a linear model fitted from a small init) while the
+                # loss fell: the denominator was small, not the learning rate too high.
+                yield self.finding(
+                    f"The first updates change the weights by {fmt(early)} of their norm ({when}), but "
+                    f"the weights started small and grew {fmt(growth)}x while the loss fell: a near-zero "
+                    f"start, not a too-high learning rate.",
+                    severity=Severity.INFO, where=obs.params[worst].module, direction="high",
+                    kind="small_start", weight_growth=growth, **evidence,
+                    fix="Nothing to fix if the loss keeps falling; the ratio settles as the weights grow.")
+                return
             yield self.finding(
                 f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy); "
                 f"the most-changed tensor is `{worst}` ({fmt(moving[worst])} over all updates). "
@@ -304,6 +340,25 @@ class UpdateRatio(Check):
                 f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
                 f"is healthy): the learning rate is likely too low to make progress.",
                 severity=Severity.WARNING, where=obs.params[worst].module, direction="low", **evidence)
+
+
+def _weight_growth(obs, names: list[str]) -> float | None:
+    """Median over the judged weights of (last measured norm / first measured norm)."""
+    growth = []
+    for n in names:
+        norms = [r.weight_norms[n] for r in obs.steps if n in r.weight_norms and math.isfinite(r.weight_norms[n])]
+        if len(norms) >= 2 and norms[0] > 0:
+            growth.append(norms[-1] / norms[0])
+    return median(growth) if growth else None
+
+
+def _loss_fell(obs) -> bool:
+    """The median loss of the last third of the watched steps is below that of the first third."""
+    values = [v for _, v in obs.losses if v is not None and math.isfinite(v)]
+    if len(values) < 6:
+        return False
+    third = len(values) // 3
+    return median(values[-third:]) < median(values[:third])
 
 
 class WeightInit(Check):
@@ -327,7 +382,14 @@ class WeightInit(Check):
     - Pre-trained weights can legitimately have other scales (then activation-std tells
       whether it matters).
     - Zero-initialised last layers or residual-branch outputs (a known good practice) are
-      not flagged: only layers before the last one are.
+      not flagged: only layers before the last one are. A small-scale output layer is info.
+    - Transformers with GPT-2-style init: every Linear at std 0.02 and the residual
+      projections (`c_proj`) at 0.02/sqrt(2 n_layer), embeddings at 0.02. At small widths
+      these fall below 0.1/sqrt(fan_in), yet they are deliberate: the projection writes
+      into a residual stream that the next LayerNorm re-normalises. A small weight whose
+      module reaches a normalisation layer (torch's, or a custom leaf class named `*Norm`)
+      within three layers in forward order is reported as info, not a warning; the advice
+      "use kaiming_normal_" does not apply there.
 
     ## Example
     `nn.init.normal_(layer.weight, std=1.0)` on a `Linear(512, 512)`: the std is 22.6x
@@ -342,7 +404,7 @@ class WeightInit(Check):
     title = "Initial weight scale far from Xavier/He"
     family = "parameters"
     severity = Severity.ERROR
-    needs = ("params", "forward_order")
+    needs = ("params", "forward_order", "modules")
     thresholds = (
         Threshold("low", 0.1, "std x sqrt(fan_in) below which the init is too small (warning)", "LeCun units"),
         Threshold("high", 4.0, "std x sqrt(fan_in) above which the init is too large (warning; He is 1.41)", "LeCun units"),
@@ -377,15 +439,46 @@ class WeightInit(Check):
                 f"unit of the layer computes the same thing and symmetry is never broken.",
                 severity=Severity.ERROR, where=symmetric[0].module, weights=names, kind="symmetric", **evidence,
             )
+        # Deliberately small scales: the output layer (a small or zero last layer is good
+        # practice), and transformer-style init (GPT-2: Linear std 0.02, residual projections
+        # 0.02/sqrt(2 n_layer)) of a layer whose output a normalisation layer re-scales right
+        # after. Reported as info: "use kaiming_normal_" would be wrong advice there.
+        leaf_order = [p for p in obs.forward_order if p in obs.modules and obs.modules[p].is_leaf]
+        designed = {}
+        for m in small:
+            if m.module == last_module:
+                designed[m.name] = "the output layer"
+            else:
+                norm = next_norm_after(obs, m.module, leaf_order)
+                if norm:
+                    designed[m.name] = f"`{norm}` re-normalises its output"
+        small = [m for m in small if m.name not in designed]
         for group, word in ((large, "large"), (small, "small")):
             if not group:
                 continue
             worst = max(group, key=lambda m: abs(math.log(max(scale[m.name], 1e-30))))
             yield self.finding(
-                f"{len(group)} weight tensor(s) start with a {word} scale: {listing([m.name for m in group])}; "
-                f"`{worst.name}` has std {fmt(worst.init_std)} = {fmt(scale[worst.name])}/sqrt(fan_in={worst.fan_in}) "
+                f"{count(len(group), 'weight tensor')} start{'s' if len(group) == 1 else ''} with a {word} scale: "
+                f"{listing([m.name for m in group])}; "
+                f"`{worst.name}` has std {fmt(worst.init_std)} = {fmt(scale[worst.name])}/sqrt(fan_in={number(worst.fan_in)}) "
                 f"(He is 1.41/sqrt(fan_in), PyTorch's default 0.58/sqrt(fan_in)).",
                 severity=Severity.WARNING, where=worst.module, weights=[m.name for m in group], kind=word, **evidence,
+            )
+        if designed:
+            names = list(designed)
+            first = obs.params[names[0]]
+            yield self.finding(
+                f"{count(len(names), 'weight tensor')} start{'s' if len(names) == 1 else ''} with a small scale "
+                f"by design: {listing([f'{n} ({fmt(scale[n])}/sqrt(fan_in); {designed[n]})' for n in names], 3)}. "
+                + ("Small residual projections before a LayerNorm (GPT-2's 0.02/sqrt(2 n_layer)) are a "
+                   "deliberate choice, not a bad init."
+                   if any(r != "the output layer" for r in designed.values()) else
+                   "A small output layer is a deliberate choice (the first predictions start near "
+                   "neutral), not a bad init."),
+                severity=Severity.INFO, where=first.module, weights=names, kind="small_by_design",
+                reasons=designed, **evidence,
+                fix="Nothing to fix if the small init is deliberate; Kaiming/Xavier advice does not apply "
+                    "to transformer residual projections.",
             )
 
 
@@ -435,8 +528,8 @@ class TrainEvalMode(Check):
             mode_sensitive = [p for p, m in obs.modules.items() if m.category in ("dropout", "batchnorm")]
             sev = Severity.WARNING if mode_sensitive else Severity.INFO
             yield self.finding(
-                f"The model was in eval mode during {len(in_eval)} of {len(steps)} training steps"
-                + (f"; {len(mode_sensitive)} Dropout/BatchNorm layer(s) behave differently there "
+                f"The model was in eval mode during {len(in_eval)} of {count(len(steps), 'training step')}"
+                + (f"; {count(len(mode_sensitive), 'Dropout/BatchNorm layer')} behave{_s1(mode_sensitive)} differently there "
                    f"({listing(mode_sensitive, 3)})." if mode_sensitive else
                    " (it has no Dropout/BatchNorm, so this changes nothing yet)."),
                 severity=sev, step=in_eval[0], eval_steps=in_eval[:50], mode_sensitive_layers=mode_sensitive,
@@ -444,7 +537,7 @@ class TrainEvalMode(Check):
         bn_one = sorted({p for r in obs.steps for p in r.bn_batch_one})
         if bn_one:
             yield self.finding(
-                f"BatchNorm layer(s) {listing(bn_one)} received a batch of one sample in training mode: "
+                f"{'BatchNorm layer' if len(bn_one) == 1 else 'BatchNorm layers'} {listing(bn_one)} received a batch of one sample in training mode: "
                 f"the batch statistics are meaningless.",
                 severity=Severity.WARNING, where=bn_one[0], layers=bn_one,
             )

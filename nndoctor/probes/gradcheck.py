@@ -4,7 +4,10 @@
 ``autograd.Function``s found in the loss's graph), on the inputs it really received:
 ``torch.autograd.gradcheck`` when small, a randomized u^T J v test otherwise;
 (b) the whole model + loss along a few directions, localised per parameter tensor when
-the error exceeds ``localize_above``. The float64 parts run with float64 as torch's
+the error exceeds ``localize_above``; where a direction's error is large, the round-off
+of the finite difference itself is estimated (the spread of the estimates at eps/2, eps
+and 2 eps, at least the dtype's unit round-off of the loss over eps) and recorded as
+``noise_rel``, so that ``gradient-check`` gives no verdict inside the noise. The float64 parts run with float64 as torch's
 default dtype, so tensors that ``forward`` creates itself match. The records carry the
 errors; ``gradient-check`` decides what is wrong.
 """
@@ -339,18 +342,49 @@ def _model_directional_in(
     names, params, grads = (list(t) for t in zip(*kept))
     gen = torch.Generator().manual_seed(seed)
 
-    def directional(vs: list[torch.Tensor], on: list[torch.Tensor], gs: list[torch.Tensor]) -> tuple[float, float]:
-        ad = sum(float((g * v).sum()) for g, v in zip(gs, vs))
+    def central(vs: list[torch.Tensor], on: list[torch.Tensor], step: float) -> tuple[float, float, float]:
+        """(L(w + step v) - L(w - step v)) / 2 step, and the two losses."""
         with torch.no_grad():
             for p, v in zip(on, vs):
-                p.add_(v, alpha=eps)
+                p.add_(v, alpha=step)
             plus = float(L())
             for p, v in zip(on, vs):
-                p.sub_(v, alpha=2 * eps)
+                p.sub_(v, alpha=2 * step)
             minus = float(L())
             for p, v in zip(on, vs):
-                p.add_(v, alpha=eps)
-        return (plus - minus) / (2 * eps), ad
+                p.add_(v, alpha=step)
+        return (plus - minus) / (2 * step), plus, minus
+
+    unit_roundoff = torch.finfo(dtype).eps
+    # Below this relative error a direction passes whatever its noise: the round-off
+    # estimate (4 more forwards) is spent only where a verdict could depend on it.
+    noise_above = s.localize_above * (10.0 if dtype == torch.float32 else 0.1)
+
+    def directional(vs: list[torch.Tensor], on: list[torch.Tensor], gs: list[torch.Tensor]) -> dict[str, Any]:
+        ad = sum(float((g * v).sum()) for g, v in zip(gs, vs))
+        fd, plus, minus = central(vs, on, eps)
+        out: dict[str, Any] = {"fd": fd, "ad": ad, "rel_error": rel_error(fd, ad)}
+        if out["rel_error"] > noise_above and math.isfinite(fd):
+            # How far round-off moves the finite difference itself: the spread of the
+            # estimates at eps/2, eps and 2 eps (round-off grows as 1/eps, truncation as
+            # eps^2: on a smooth loss with a correct backward they agree to a few digits),
+            # and at least the dtype's unit round-off of the loss divided by eps. A
+            # float32 buffer built inside a float64 forward shows up in the spread.
+            estimates = [fd, central(vs, on, eps / 2)[0], central(vs, on, 2 * eps)[0]]
+            spread = max(estimates) - min(estimates) if all(map(math.isfinite, estimates)) else math.inf
+            values = (plus, minus, float(loss.detach()))
+            # A float64 loss whose values are all exact float32 numbers went through float32
+            # somewhere (a hard-coded float32 buffer): its round-off is float32's. (A float64
+            # result lands on a float32 number by chance with probability ~2^-29.)
+            through32 = all(float(torch.tensor(v, dtype=torch.float32)) == v for v in values)
+            unit = torch.finfo(torch.float32).eps if through32 else unit_roundoff
+            floor = unit * max(abs(v) for v in values) / eps
+            noise = max(spread, floor)
+            scale = max(abs(fd), abs(ad))
+            out["fd_spread"] = [fd, estimates[1], estimates[2]]
+            out["noise_rel"] = noise / scale if scale > 0 else math.inf
+            out["loss_through_float32"] = through32 and dtype != torch.float32
+        return out
 
     results = []
     gnorm = math.sqrt(sum(float((g * g).sum()) for g in grads))
@@ -362,9 +396,8 @@ def _model_directional_in(
         norm = math.sqrt(sum(float((v * v).sum()) for v in vs)) or 1.0
         direction_sets.append([v / norm for v in vs])
     for i, vs in enumerate(direction_sets):
-        fd, ad = directional(vs, params, grads)
         kind = "gradient" if i == 0 and gnorm > 0 else "random"
-        results.append({"direction": kind, "fd": fd, "ad": ad, "rel_error": rel_error(fd, ad)})
+        results.append({"direction": kind, **directional(vs, params, grads)})
     worst = max((r["rel_error"] for r in results), default=0.0)
     # float32 round-off is ~1e5 x float64's; localise at the same relative slack the check allows
     localize_above = s.localize_above * (100.0 if dtype == torch.float32 else 1.0)
@@ -380,8 +413,8 @@ def _model_directional_in(
             v = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
             vs_list.append(v / (float(v.norm()) or 1.0))
             for v in vs_list:
-                fd, ad = directional([v], [p], [g])
-                errs.append(rel_error(fd, ad))
+                fd, _, _ = central([v], [p], eps)
+                errs.append(rel_error(fd, float((g * v).sum())))
             localized.append({"param": name, "module": name.rpartition(".")[0], "rel_error": max(errs)})
     return GradcheckModel(
         dtype="float64" if dtype == torch.float64 else "float32", eps=eps, directions=len(direction_sets),
