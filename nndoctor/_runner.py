@@ -55,6 +55,13 @@ from torch import nn
 
 from ._checkset import CheckSet
 from ._doctor import Doctor, NNDoctorUsageError
+from ._replay import (
+    BackwardLink,
+    LossRecorder,
+    call_kwargs_from_frame,
+    link_backward,
+    scalar_outputs,
+)
 from ._report import Report
 
 __all__ = [
@@ -73,6 +80,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _ALARM_GRACE_S = 2.0
 # The step-0 loss rebuilt from the loss graph must match the script's own within this.
 _LOSS_MATCH_RTOL = 1e-3
+# Extra seconds a compiled model's first step may take (its cold compile) beyond --timeout.
+_COMPILE_ALLOWANCE_S = 300.0
 
 
 class ScriptNotFound(NNDoctorUsageError):
@@ -175,6 +184,12 @@ class ScriptRun:
         return self.report is not None and self.steps > 0
 
 
+def _clone_tree(obj: Any) -> Any:
+    from ._tree import map_tensors
+
+    return map_tensors(obj, lambda t: t.detach().clone())
+
+
 def _display_path(path: str) -> str:
     try:
         rel = os.path.relpath(path)
@@ -213,8 +228,8 @@ class _OutputAdapter(nn.Module):
         self.index = index
         self.tail = tail
 
-    def forward(self, *args: Any) -> torch.Tensor:
-        out = self.model(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
         for key in self.index:
             out = out[key]
         if self.tail is not None and tuple(out.shape[1:]) != self.tail:
@@ -279,6 +294,20 @@ class _Session:
         self.initial_rng: torch.Tensor | None = None
         self.initial_modes: list[bool] | None = None
         self.notes: list[str] = []
+        # The replay of the script's own step (nndoctor._replay): the first model call as
+        # made, the loss calls of the first step, and what its first backward() ran on.
+        self.losses = LossRecorder()
+        self.first_call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self.first_output_scalars: list[tuple[tuple[Any, ...], Any]] = []
+        self.backward_link: BackwardLink | None = None
+        self.backwards = 0
+        self.model_depth = 0
+        self.children_started = 0
+        self.optimizer_steps_done = 0      # steps of the model's optimizer (post hook)
+        self.optimizer_known = False       # an optimizer over the model existed at its first call
+        self.compiled = False
+        self.compile_allowance: tuple[float, float] | None = None  # (extra s, budget left)
+        self.alarm_armed = False
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -316,6 +345,9 @@ class _Session:
         sys.path.insert(0, str(self.path.parent))
         sys.stdin = io.StringIO("")
 
+        stack.callback(self.losses.install())
+        stack.callback(self._install_backward())
+        stack.callback(self._install_process_counter())
         h = register_module_forward_pre_hook(self._forward_pre)
         stack.callback(h.remove)
         h = register_module_forward_hook(self._forward_post, always_call=True)
@@ -326,6 +358,53 @@ class _Session:
         self.deadline = self.start + self.timeout if self.timeout > 0 else math.inf
 
     _args: Sequence[str] = ()
+
+    def _install_backward(self) -> Callable[[], None]:
+        """Wrap ``torch.autograd.backward`` (which ``Tensor.backward`` calls through the
+        module attribute) to see the first tensor the script backpropagates. Installed
+        before the Doctor's own wrapper and removed after it (the ExitStack's order)."""
+        original = torch.autograd.backward
+        session = self
+
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if session.model is not None and session.backwards == 0:
+                try:
+                    t = tensors[0] if isinstance(tensors, (tuple, list)) else tensors
+                    if isinstance(t, torch.Tensor):
+                        session.backward_link = link_backward(t, session.losses.calls, session.first_output_scalars)
+                except Exception:
+                    session.backward_link = None
+                session.losses.active = False
+            if session.model is not None:
+                session.backwards += 1
+            return original(tensors, *args, **kwargs)
+
+        backward.__wrapped__ = original  # type: ignore[attr-defined]
+        torch.autograd.backward = backward
+
+        def restore() -> None:
+            torch.autograd.backward = original
+
+        return restore
+
+    def _install_process_counter(self) -> Callable[[], None]:
+        """Count child processes the script starts (``mp.spawn``, multiprocessing), for
+        the message when no training happened in this process."""
+        import multiprocessing.process as mpp
+
+        original = mpp.BaseProcess.start
+        session = self
+
+        def start(proc: Any) -> Any:
+            session.children_started += 1
+            return original(proc)
+
+        mpp.BaseProcess.start = start  # type: ignore[method-assign]
+
+        def restore() -> None:
+            mpp.BaseProcess.start = original  # type: ignore[method-assign]
+
+        return restore
 
     def _forget_script_modules(self, before: set[str]) -> None:
         """Modules the script imported from its own folder are dropped, so a second run
@@ -349,7 +428,11 @@ class _Session:
         doctor = self.doctor
         if doctor is None or self.stopping:
             return
-        done = doctor.steps_completed
+        # A step is an optimizer step when the script had built its optimizer before the
+        # first forward: micro-batch backwards (gradient accumulation) and closure
+        # evaluations inside one LBFGS step are not steps. Else (weights updated by hand,
+        # or an optimizer built later) the Doctor's count.
+        done = self.optimizer_steps_done if self.optimizer_known else doctor.steps_completed
         if done != self.last_reported_step:
             self.last_reported_step = done
             self.emit("step", step=done, total=self.steps)
@@ -360,6 +443,10 @@ class _Session:
 
     def _forward_pre(self, module: nn.Module, args: Any) -> None:
         self.depth += 1
+        if isinstance(module, nn.modules.loss._Loss):
+            self.losses.loss_modules.append(module)
+        if module is self.model and self.model is not None:
+            self.model_depth += 1
         if self.depth != 1 or self.stopping:
             return
         seen = self.seen
@@ -383,9 +470,19 @@ class _Session:
             return
         seen.model_calls += 1
         self._start_watching(module, args)
+        self.model_depth += 1
 
     def _forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
+        if isinstance(module, nn.modules.loss._Loss) and self.losses.loss_modules:
+            self.losses.loss_modules.pop()
+        if module is self.model and self.model is not None:
+            self.model_depth = max(0, self.model_depth - 1)
+            if self.backwards == 0 and self.model_depth == 0 and not self.first_output_scalars:
+                try:
+                    self.first_output_scalars = scalar_outputs(output)
+                except Exception:
+                    self.first_output_scalars = []
         if self.depth == 0 and module is self.model:
             # Steps closed lazily (weights updated by hand) close in the model's forward
             # pre-hook, which runs after ours: look again once the call is over.
@@ -405,6 +502,12 @@ class _Session:
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         # Registered after the Doctor's own post-step hook, so the step is closed here.
         if self._owns(optimizer):
+            self.optimizer_steps_done += 1
+            if self.optimizer_steps_done == 1 and self.compile_allowance:
+                # The first step of a compiled model is over (its cold compile with it): the
+                # remaining budget starts again from now.
+                self._set_deadline(time.monotonic() + self.compile_allowance[1])
+                self.compile_allowance = None
             self._maybe_stop()
 
     def _owns(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -422,6 +525,24 @@ class _Session:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.model = model
+        from ._compile import is_compiled
+
+        self.compiled = is_compiled(model)
+        if self.compiled and math.isfinite(self.deadline):
+            # A cold torch.compile (forward, then backward) can take longer than a small
+            # script's whole budget: it does not count. The first step gets up to
+            # _COMPILE_ALLOWANCE_S more; after it, the budget left now starts again.
+            left = max(0.0, self.deadline - time.monotonic())
+            self.compile_allowance = (_COMPILE_ALLOWANCE_S, left)
+            self._set_deadline(self.deadline + _COMPILE_ALLOWANCE_S)
+        try:
+            kwargs = call_kwargs_from_frame(model)
+            self.first_call = (_clone_tree(tuple(args)), _clone_tree(kwargs))
+        except Exception:
+            self.first_call = None
+        self.losses.inside_model = lambda: self.model_depth > 0
+        self.losses.active = True
+        self.optimizer_known = self._optimizer_exists(model)
         try:
             self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.initial_rng = torch.get_rng_state()
@@ -441,7 +562,33 @@ class _Session:
         n_params = sum(p.numel() for p in model.parameters())
         self.emit("model", name=type(model).__name__, parameters=n_params)
 
+    @staticmethod
+    def _optimizer_exists(model: nn.Module) -> bool:
+        """Whether a torch.optim optimizer over the model's parameters already exists (the
+        script built it before its first forward): then a step is an optimizer step, and
+        micro-batch backwards before the first one (gradient accumulation) or closure
+        evaluations inside one (LBFGS) are not steps."""
+        import warnings
+
+        ids = {id(p) for p in model.parameters()}
+        try:
+            with warnings.catch_warnings():  # isinstance() on torch's deprecated module proxies warns
+                warnings.simplefilter("ignore")
+                objects = [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)]
+            for obj in objects:
+                if isinstance(obj, torch.optim.Optimizer):
+                    if any(id(p) in ids for g in obj.param_groups for p in g["params"]):
+                        return True
+        except Exception:
+            return False
+        return False
+
     # -- the hard deadline ---------------------------------------------------------------
+    def _set_deadline(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.alarm_armed:
+            signal.setitimer(signal.ITIMER_REAL, max(0.01, deadline - time.monotonic() + _ALARM_GRACE_S))
+
     @contextlib.contextmanager
     def alarm(self) -> Any:
         """SIGALRM shortly after the deadline, for scripts stuck outside torch. Only in
@@ -461,9 +608,11 @@ class _Session:
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, max(0.01, self.deadline - time.monotonic() + _ALARM_GRACE_S))
+        self.alarm_armed = True
         try:
             yield
         finally:
+            self.alarm_armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
@@ -677,6 +826,16 @@ def _skip(report: Report, ids: Sequence[str], reason: str) -> Report:
     return report.merge(extra)
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What the experiments replay: the batch, the loss callable, the module to train."""
+
+    batch: Any
+    loss_fn: Callable[..., Any]
+    model: nn.Module
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
 def _run_experiments(
     session: _Session,
     report: Report,
@@ -688,44 +847,216 @@ def _run_experiments(
 ) -> tuple[Report, str]:
     doctor = session.doctor
     assert doctor is not None
+
+    def skipped(reason: str) -> tuple[Report, str]:
+        return _skip(report, wanted, reason), f"skipped: {reason}"
+
+    plan = _replay_plan(session, doctor)
+    if isinstance(plan, str):
+        legacy = _legacy_plan(session, doctor)
+        if isinstance(legacy, str):
+            return skipped(plan if session.backward_link is not None else legacy)
+        plan = legacy
+    session.notes.extend(plan.notes)
+    ignore_ids = ["chance-level-loss"]  # the Doctor's check set already holds the user's
+    optimizer = session.optimizer
+    stand_in = False
+    if optimizer is None and doctor.model is not None:
+        optimizer = _stand_in_sgd(doctor, session)
+        stand_in = optimizer is None  # a hand-written rule that is not plain SGD
+    if stand_in:
+        # The LR sweep judges *your* learning rate; with an update rule nndoctor could not
+        # identify it would judge a stand-in optimizer instead.
+        ignore_ids.append("lr-sweep")
+    with torch.enable_grad(), _weights_at_start(doctor.model, session):
+        checkup = doctor.checkup(
+            plan.batch, loss_fn=plan.loss_fn, optimizer=optimizer, model=plan.model,
+            ignore=ignore_ids, time_budget=session.timeout if math.isfinite(session.timeout) else None,
+        )
+    if stand_in:
+        checkup = _as_stand_in(checkup)
+    merged = report.merge(checkup)
+    merged.experiments = {**report.experiments, **checkup.experiments}
+    return merged, "ran"
+
+
+_WHO_NEEDS = ("every experiment (loss at init, overfit-tiny-batch, random-input-loss, lr-sweep, "
+              "gradient-check) trains or evaluates the model with this loss")
+
+
+def _replay_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
+    """The script's own step, replayed: its model call (all inputs), its loss call (same
+    function or loss module, same arguments) or the loss its model returns; checked
+    against the script's first loss. A string says why it cannot be replayed."""
+    from ._replay import OutputLoss, ReplayLoss, infer_batch_dims, target_layout
+    from ._tree import tensors
+    from .probes.context import ModelCall, ReplayBatch
+
+    link = session.backward_link
+    if session.first_call is None:
+        return ("the model's inputs could not be captured at its first call; use "
+                "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if link is None:
+        return "no backward() was seen on a tensor with a graph"
+    args, kwargs = session.first_call
+    inputs = ModelCall(tuple(args), dict(kwargs))
+    dims = infer_batch_dims(inputs)
+    notes: list[str] = []
+    scale_ops = [op for op in link.ops if op in ("mul", "div")]
+    reduce_ops = [op for op in reversed(link.ops) if op in ("mean", "sum")]  # applied first -> last
+    model = doctor.model
+    if link.output_path is not None:
+        loss_fn: Any = OutputLoss(link.output_path)
+        targets: Any = None
+        target_dims: list[int | None] | None = []
+        experiment_model: nn.Module = model
+        unscaled = _replay_value(session, experiment_model, inputs, targets, loss_fn)
+        source = f"the loss the model returns (output{''.join(f'[{k!r}]' for k in link.output_path)})"
+    elif link.call is not None:
+        call = link.call
+        if call.inside_model:
+            return (f"the backpropagated loss is computed inside the model's forward ({call.describe()}) but "
+                    f"is not returned as a scalar of the model's output, so it cannot be replayed; "
+                    f"{_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        located = _locate_loss_input(session, inputs, call.input_shape)
+        if located is None:
+            return (f"the tensor fed to {call.describe()} (shape {tuple(call.input_shape)}) is not in the model's "
+                    f"output (the script transforms the output before the loss); {_WHO_NEEDS}: use "
+                    f"doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        index, tail = located
+        target = call.target
+        flatten = False
+        target_dims = None
+        if isinstance(target, torch.Tensor) and dims is not None:
+            batch, in_dims = dims
+            first = next((t for t in tensors(inputs) if t.dim() > 0), None)
+            d = next((x for x in in_dims if x is not None), 0)
+            laid = target_layout(target, batch, first, d)
+            if laid is not None:
+                flatten = laid[0].shape != target.shape
+                target, target_dims = laid[0], [laid[1]]
+        elif target is not None and dims is not None:
+            target_dims = [None] * len(tensors(target))
+        loss_fn = ReplayLoss(call, flatten_target=flatten, post=reduce_ops)
+        targets = target
+        experiment_model = _OutputAdapter(model, index, tail) if (index or tail is not None) else model
+        if experiment_model is not model:
+            notes.append("the experiments train the model with its output reduced to the loss's input"
+                         + (f" (output{''.join(f'[{k!r}]' for k in index)})" if index else "")
+                         + (f", reshaped to (-1, {', '.join(map(str, tail))})" if tail is not None else ""))
+        unscaled = _replay_value(session, experiment_model, inputs, targets, loss_fn)
+        source = call.describe() + (f" then .{'().'.join(reduce_ops)}()" if reduce_ops else "")
+    else:
+        chain = " <- ".join(link.chain)
+        return (f"the script backpropagates a tensor built by {chain}, which is neither a torch loss "
+                f"function it called nor a scalar its model returned (a hand-written loss, or several "
+                f"losses combined); {_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if isinstance(unscaled, str):
+        return f"replaying {source} failed ({unscaled}); {_WHO_NEEDS}: use doctor.checkup(..., loss_fn=...) in Python"
+    if not math.isfinite(link.value) or not math.isfinite(unscaled):
+        return f"the script's first loss is not finite ({link.value:g}); the experiments need a finite loss"
+    if scale_ops:
+        factor = link.value / unscaled if unscaled != 0 else math.nan
+        if not math.isfinite(factor):
+            return (f"the script backpropagates {source} scaled ({' then '.join(scale_ops)}), but the "
+                    f"replayed loss is 0: the scale cannot be checked; {_WHO_NEEDS}")
+        notes.append(f"the script backpropagates {source} × {factor:.4g} (e.g. gradient accumulation); "
+                     f"the experiments train on {source} itself (replayed: {unscaled:.6g})")
+    elif not math.isclose(unscaled, link.value, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
+        return (f"replaying {source} on the first batch gives {unscaled:.6g}, but the script's first "
+                f"loss was {link.value:.6g}: the model's forward is not reproducible from its inputs "
+                f"(randomness outside torch's RNG, or state that changes between calls); {_WHO_NEEDS}: "
+                f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if dims is None:
+        batch_size, in_dims = None, None
+    else:
+        batch_size, in_dims = dims
+        if target_dims is None:
+            batch_size = None
+            notes.append("the loss targets could not be matched to the inputs' batch dimension: the "
+                         "experiments use the whole first batch, never sub-batches")
+    batch = ReplayBatch(inputs, targets, input_dims=in_dims, target_dims=target_dims, batch_size=batch_size)
+    return _Plan(batch=batch, loss_fn=loss_fn, model=experiment_model, notes=notes)
+
+
+def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any, loss_fn: Any) -> "float | str":
+    """The replayed loss on a copy of ``model`` with the step-0 weights, RNG and modes."""
+    from .probes.context import call as call_model
+
+    try:
+        clone = copy.deepcopy(model)
+        inner = clone.model if isinstance(clone, _OutputAdapter) else clone
+        state = _state_for(session.initial_state, inner)
+        if state is not None:
+            inner.load_state_dict(state)
+        for m, flag in zip(inner.modules(), session.initial_modes or []):
+            m.training = flag
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            if session.initial_rng is not None:
+                torch.set_rng_state(session.initial_rng)
+            value = loss_fn(call_model(clone, inputs), targets)
+            value = float(value.detach().reshape(-1)[0]) if value.numel() == 1 else math.nan
+        del clone
+        return value
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _state_for(state: dict[str, torch.Tensor] | None, module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``state`` with the wrapper prefixes a compiled (``_orig_mod.``) or DDP/DataParallel
+    (``module.``) model adds stripped, so it loads into the unwrapped ``module``."""
+    if not state:
+        return state
+    own = set(module.state_dict())
+    for prefix in ("_orig_mod.", "module.", "_orig_mod.module.", "module._orig_mod."):
+        if set(state) == own:
+            break
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) == own or not set(state) & own:
+                state = stripped
+    return state
+
+
+def _legacy_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
+    """The loss rebuilt from its autograd graph (a hand-written loss whose kind the graph
+    shows), with the first positional inputs: the fallback when the script's loss call
+    was not seen."""
     captured = doctor.captured_batch
     args, kwargs = captured.get("args"), captured.get("kwargs") or {}
     graph = captured.get("loss_graph")
     target = captured.get("target")
     first_loss = next((s.loss for s in (doctor.observations.steps if doctor.observations else [])
                        if s.loss is not None), None)
-
-    def skipped(reason: str) -> tuple[Report, str]:
-        return _skip(report, wanted, reason), f"skipped: {reason}"
-
     if not args and not kwargs:
-        return skipped("the model's inputs could not be captured (the model was called with keyword "
-                       "arguments only?); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        return ("the model's inputs could not be captured (the model was called with keyword "
+                "arguments only?); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
     if kwargs:
-        return skipped("the model takes keyword arguments, which the runner cannot replay; use "
-                       "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        return ("the model takes keyword arguments, which the runner cannot replay; use "
+                "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    notes: list[str] = []
     kind = getattr(graph, "kind", None)
     nodes = ", ".join(getattr(graph, "nodes", None) or []) if graph is not None else ""
     if graph is None or kind is None:
         fallback = _graph_of_first_step(doctor)
         names = list(getattr(fallback, "nodes", None) or [])
         nodes = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-        return skipped(
+        return (
             "the loss is custom code that nndoctor cannot rebuild"
             + (f" (autograd nodes {nodes})" if nodes else "")
             + "; run the experiments from Python with doctor.checkup((inputs, targets), loss_fn=...)"
         )
     loss_fn = loss_from_graph(kind)
     if loss_fn is None:
-        return skipped(f"the loss ({kind}) is not one the runner rebuilds (cross-entropy, NLL, BCE, MSE); "
+        return (f"the loss ({kind}) is not one the runner rebuilds (cross-entropy, NLL, BCE, MSE); "
                        f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
     if getattr(graph, "multi_term", False):
-        return skipped(
+        return (
             f"the loss combines several terms (autograd nodes {nodes}), which the runner cannot "
             f"rebuild; use doctor.checkup((inputs, targets), loss_fn=...) in Python"
         )
     if target is None:
-        return skipped("the loss target could not be captured from the loss graph")
+        return ("the loss target could not be captured from the loss graph")
     inputs = args[0] if len(args) == 1 else tuple(args)
     # A model whose output is a tuple/dict, or whose logits the script reshapes before the
     # loss: the experiments train an adapter that yields exactly what the loss was fed.
@@ -734,7 +1065,7 @@ def _run_experiments(
     if expected:
         located = _locate_loss_input(session, inputs, expected)
         if located is None:
-            return skipped(f"the tensor the loss was fed (shape {tuple(expected)}) was not found in the "
+            return (f"the tensor the loss was fed (shape {tuple(expected)}) was not found in the "
                            f"model's output; use doctor.checkup((inputs, targets), loss_fn=...) in Python")
         index, tail = located
         lead = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 else None
@@ -751,7 +1082,7 @@ def _run_experiments(
 
         if index or tail is not None:
             experiment_model = _OutputAdapter(doctor.model, index, tail)
-            session.notes.append(
+            notes.append(
                 "the experiments train the model with its output reduced to the loss's input"
                 + (f" (output{''.join(f'[{k!r}]' for k in index)})" if index else "")
                 + (f", reshaped to (-1, {', '.join(map(str, tail))})" if tail is not None else ""))
@@ -761,29 +1092,10 @@ def _run_experiments(
     # would make the experiments judge a different objective.
     check = _verify_loss(session, inputs, target, loss_fn, first_loss)
     if check is not None:
-        return skipped(check)
-    ignore_ids = ["chance-level-loss"]  # the Doctor's check set already holds the user's
-    optimizer = session.optimizer
-    stand_in = False
-    if optimizer is None and doctor.model is not None:
-        optimizer = _stand_in_sgd(doctor, session)
-        stand_in = optimizer is None  # a hand-written rule that is not plain SGD
-    if stand_in:
-        # The LR sweep judges *your* learning rate; with an update rule nndoctor could not
-        # identify it would judge a stand-in optimizer instead.
-        ignore_ids.append("lr-sweep")
+        return check
     if experiment_model is not doctor.model:
         loss_fn = getattr(loss_fn, "plain", loss_fn)  # the adapter model already selects/reshapes
-    with torch.enable_grad(), _weights_at_start(doctor.model, session):
-        checkup = doctor.checkup(
-            (inputs, target), loss_fn=loss_fn, optimizer=optimizer, model=experiment_model,
-            ignore=ignore_ids, time_budget=session.timeout if math.isfinite(session.timeout) else None,
-        )
-    if stand_in:
-        checkup = _as_stand_in(checkup)
-    merged = report.merge(checkup)
-    merged.experiments = {**report.experiments, **checkup.experiments}
-    return merged, "ran"
+    return _Plan(batch=(inputs, target), loss_fn=loss_fn, model=experiment_model, notes=notes)
 
 
 @contextlib.contextmanager
@@ -793,12 +1105,11 @@ def _weights_at_start(model: nn.Module, session: _Session) -> Any:
     weights may be wrecked, and the experiments (the LR sweep first of all) must judge
     the training setup, not the wreckage. The model itself is used, not a copy, so that
     the script's optimizer still maps onto its parameters (the experiments copy both)."""
-    state = session.initial_state
+    # Captured on a compile or DDP/DataParallel wrapper: its `_orig_mod.`/`module.` prefix goes.
+    state = _state_for(session.initial_state, model)
     if not state:
         yield
         return
-    if all(k.startswith("module.") for k in state):  # captured on a DDP/DataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
     now = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         model.load_state_dict(state)
@@ -891,33 +1202,45 @@ def _adapted_loss(loss_fn: Callable[..., Any], index: tuple[Any, ...], tail: tup
 
 def _locate_loss_input(session: _Session, inputs: Any, expected: tuple[int, ...]) -> Any:
     """Run the model once (on a copy with its step-0 weights) and find the loss input."""
-    model = session.model
+    from .probes.context import ModelCall
+    from .probes.context import call as call_model
+
+    model = _unwrapped(session)
     if model is None:
         return None
     try:
         clone = copy.deepcopy(model)
-        if session.initial_state is not None:
-            clone.load_state_dict(session.initial_state)
+        state = _state_for(session.initial_state, clone)
+        if state is not None:
+            clone.load_state_dict(state)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+            if isinstance(inputs, ModelCall):
+                out = call_model(clone, inputs)
+            else:
+                out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
         del clone
     except Exception:
         return None
     return _find_loss_input(out, tuple(expected))
 
 
+def _unwrapped(session: _Session) -> nn.Module | None:
+    doctor = session.doctor
+    return doctor.model if doctor is not None else session.model
+
+
 def _verify_loss(session: _Session, inputs: Any, target: Any, loss_fn: Callable[..., Any],
                  first_loss: float | None) -> str | None:
     """None when ``loss_fn(model0(inputs), target)`` reproduces the script's first loss
     (on a copy of the model with its step-0 weights, RNG and modes), else why not."""
-    model = session.model
+    model = _unwrapped(session)
     if model is None or session.initial_state is None or first_loss is None:
         return None  # nothing to compare with: trust the loss graph
     if not math.isfinite(first_loss):
         return None
     try:
         clone = copy.deepcopy(model)
-        clone.load_state_dict(session.initial_state)
+        clone.load_state_dict(_state_for(session.initial_state, clone))
         for m, flag in zip(clone.modules(), session.initial_modes or []):
             m.training = flag
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
@@ -930,7 +1253,8 @@ def _verify_loss(session: _Session, inputs: Any, target: Any, loss_fn: Callable[
         return (f"the loss rebuilt from its graph could not be evaluated ({type(exc).__name__}: {exc}); "
                 f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
     if not math.isclose(value, first_loss, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
-        return (f"the script's loss is not the plain rebuilt loss (step 0: the script's loss was "
-                f"{first_loss:.6g}, the rebuilt one {value:.6g}: the loss code transforms the model's "
-                f"output or scales the loss); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        return (f"the loss rebuilt from the autograd graph ({getattr(getattr(loss_fn, 'plain', loss_fn), '__name__', 'loss')} with default "
+                f"arguments) gives {value:.6g} on the first batch, the script's loss was {first_loss:.6g}: "
+                f"the script's loss call was not seen, so its arguments (ignore_index, reduction, weight, a "
+                f"scale) are unknown; {_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
     return None

@@ -4,8 +4,9 @@ the one training loop the probes share (:func:`train_curve`)."""
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -14,11 +15,40 @@ from .._losskinds import BINARY_KINDS, CLASS_KINDS, loss_kind
 from .._tree import map_tensors, tensors
 from .isolation import ProbeSkip, copy_model
 
-__all__ = ["ProbeContext", "call", "float_outputs", "train_curve"]
+__all__ = ["ProbeContext", "ModelCall", "ReplayBatch", "call", "float_outputs", "train_curve",
+           "needs_closure", "optimizer_step"]
+
+
+class ModelCall(NamedTuple):
+    """Inputs given as the exact call: ``model(*args, **kwargs)``. A named tuple, so the
+    tree walkers (``nndoctor._tree``) map and slice its tensors like any other nest."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class ReplayBatch(tuple):
+    """``(inputs, targets)`` with the batch dimension of every tensor (``input_dims``,
+    ``target_dims``: one entry per tensor in :func:`nndoctor._tree.tensors` order, None
+    for a tensor with no batch dim) and the batch size. ``batch_size=None``: the batch
+    cannot be cut into sub-batches; the probes then get the whole batch."""
+
+    input_dims: list[int | None] | None
+    target_dims: list[int | None] | None
+    batch_size: int | None
+
+    def __new__(cls, inputs: Any, targets: Any, *, input_dims: "list[int | None] | None" = None,
+                target_dims: "list[int | None] | None" = None, batch_size: int | None = None) -> "ReplayBatch":
+        self = super().__new__(cls, (inputs, targets))
+        self.input_dims, self.target_dims, self.batch_size = input_dims, target_dims, batch_size
+        return self
 
 
 def call(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
+    """``model(*args, **kwargs)`` for a :class:`ModelCall`, ``model(**inputs)`` for a dict,
+    ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
+    if isinstance(inputs, ModelCall):
+        return model(*inputs.args, **inputs.kwargs)
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -46,7 +76,17 @@ class ProbeContext:
         move = lambda t: t.detach().to(device)  # noqa: E731
         self.inputs = map_tensors(inputs, move)
         self.targets = map_tensors(targets, move)
-        if isinstance(self.targets, torch.Tensor) and self.targets.dim() > 0:
+        # A replayed batch (the CLI runner's) says where each tensor's batch dim is; a
+        # batch that cannot be cut is offered whole (batch_size 1: every take() is all of it).
+        self.input_dims: list[int | None] | None = getattr(batch, "input_dims", None)
+        self.target_dims: list[int | None] | None = getattr(batch, "target_dims", None)
+        self.sliceable = True
+        if isinstance(batch, ReplayBatch):
+            if batch.batch_size is None or self.input_dims is None:
+                self.sliceable, self.batch_size = False, 1
+            else:
+                self.batch_size = int(batch.batch_size)
+        elif isinstance(self.targets, torch.Tensor) and self.targets.dim() > 0:
             self.batch_size = int(self.targets.shape[0])
         else:
             first = next((t for t in tensors(self.inputs) if t.dim() > 0), None)
@@ -59,7 +99,8 @@ class ProbeContext:
     # -- loss ------------------------------------------------------------------------
     def _resolve_loss(self, loss_fn: Any) -> tuple[Callable[..., torch.Tensor], str]:
         if loss_fn is not None:
-            return loss_fn, loss_kind(loss_fn)
+            # A replayed loss (the runner's) names its kind; anything else by its type.
+            return loss_fn, getattr(loss_fn, "nndoctor_loss_kind", None) or loss_kind(loss_fn)
         targets = self.targets
         if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and not targets.is_complex():
             probe = self.copy_model()
@@ -101,8 +142,25 @@ class ProbeContext:
 
         return map_tensors(obj, cut)
 
+    @staticmethod
+    def _slice_dims(obj: Any, dims: list[int | None], index: slice) -> Any:
+        it = iter(dims)
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            d = next(it, None)
+            if d is None or t.dim() <= d:
+                return t
+            return t[(slice(None),) * d + (index,)]
+
+        return map_tensors(obj, cut)
+
     def take(self, start: int, stop: int) -> tuple[Any, Any]:
+        if not self.sliceable:
+            return self.inputs, self.targets
         s = slice(start, min(stop, self.batch_size))
+        if self.input_dims is not None:
+            return (self._slice_dims(self.inputs, self.input_dims, s),
+                    self._slice_dims(self.targets, self.target_dims or [], s))
         return self._slice(self.inputs, s), self._slice(self.targets, s)
 
     # -- task ------------------------------------------------------------------------
@@ -228,5 +286,33 @@ def train_curve(
         if not math.isfinite(value) or step == steps or (stop is not None and stop(losses, accs)):
             break
         loss.backward()
-        opt.step()
+        optimizer_step(ctx, clone, opt, inputs, targets)
     return losses, accs
+
+
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
+    """True for optimizers whose ``step`` requires a closure (LBFGS): its ``closure``
+    parameter has no default."""
+    try:
+        param = inspect.signature(type(opt).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimizer, inputs: Any,
+                   targets: Any) -> None:
+    """``opt.step()``, or for a closure optimizer (LBFGS) ``opt.step(closure)`` with a
+    closure that re-evaluates the loss on the same batch: one call is one optimizer step
+    (LBFGS may evaluate the closure several times inside it)."""
+    if not needs_closure(opt):
+        opt.step()
+        return
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        value = ctx.loss(call(clone, inputs), targets)
+        value.backward()
+        return value
+
+    opt.step(closure)
