@@ -147,6 +147,7 @@ class Seen:
     optimizer_steps: int = 0
     optimizer_classes: list[str] = dataclasses.field(default_factory=list)
     model_calls: int = 0
+    child_processes: int = 0          # processes the script started (mp.spawn, multiprocessing)
 
     def describe(self) -> str:
         if self.root_calls == 0:
@@ -302,7 +303,6 @@ class _Session:
         self.backward_link: BackwardLink | None = None
         self.backwards = 0
         self.model_depth = 0
-        self.children_started = 0
         self.optimizer_steps_done = 0      # steps of the model's optimizer (post hook)
         self.optimizer_known = False       # an optimizer over the model existed at its first call
         self.compiled = False
@@ -396,7 +396,7 @@ class _Session:
         session = self
 
         def start(proc: Any) -> Any:
-            session.children_started += 1
+            session.seen.child_processes += 1
             return original(proc)
 
         mpp.BaseProcess.start = start  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ from torch import nn
 
 from .._losskinds import BINARY_KINDS, CLASS_KINDS, loss_kind
 from .._tree import map_tensors, tensors
-from .isolation import ProbeSkip, copy_model
+from .isolation import ProbeSkip, copy_model, leaked_parameters
 
 __all__ = ["ProbeContext", "ModelCall", "ReplayBatch", "call", "float_outputs", "train_curve",
            "needs_closure", "optimizer_step"]
@@ -58,6 +58,14 @@ def call(model: nn.Module, inputs: Any) -> Any:
 
 def float_outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in tensors(out) if t.is_floating_point() or t.is_complex()]
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    from torch.nn.modules import module as torch_module
+
+    if getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 class ProbeContext:
@@ -190,7 +198,56 @@ class ProbeContext:
 
     # -- copies and optimizers -------------------------------------------------------
     def copy_model(self, *, dropout_off: bool = False) -> nn.Module:
-        return copy_model(self.model, dropout_off=dropout_off)
+        """A copy of the model for a probe to train, proven independent of the original
+        (once per context): its forward's graph reaches none of the original's parameters,
+        and, when the model has no hooks that would notice, it reproduces the original's
+        output. Else :class:`ProbeSkip` with the reason: never train the user's weights."""
+        clone = copy_model(self.model, dropout_off=dropout_off)
+        if self._isolation_problem is None:
+            self._isolation_problem = self._verify_isolation()
+        if self._isolation_problem:
+            raise ProbeSkip(self._isolation_problem)
+        return clone
+
+    _isolation_problem: str | None = None
+
+    def _verify_isolation(self) -> str:
+        """'' when a fresh copy is independent of the model, else why not."""
+        probe = copy_model(self.model)
+        inputs, _ = self.take(0, min(2, self.batch_size))
+        training = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in probe.modules()]
+        try:
+            probe.eval()
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                torch.manual_seed(self.seed)
+                out = call(probe, inputs)
+            leaked = leaked_parameters(self.model, out)
+            if leaked:
+                return (f"the model's copy still computes with the original's parameters "
+                        f"({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''}: a function stored on a "
+                        f"module, or a global, reaches the original), so training it would train your "
+                        f"weights; the experiments are not run")
+            if not _has_hooks(self.model):
+                self.model.eval()
+                with torch.random.fork_rng(devices=[]), torch.no_grad():
+                    torch.manual_seed(self.seed)
+                    ref = call(self.model, inputs)
+                mine, theirs = float_outputs(out), float_outputs(ref)
+                same = len(mine) == len(theirs) and all(
+                    a.shape == b.shape and torch.allclose(a.detach(), b, rtol=1e-4, atol=1e-5, equal_nan=True)
+                    for a, b in zip(mine, theirs))
+                if not same:
+                    return ("the model's copy does not reproduce the model's output (eval mode, same "
+                            "inputs and seed): the copy is not the model, so its experiments would judge "
+                            "something else; the experiments are not run")
+        except ProbeSkip:
+            raise
+        except Exception:
+            return ""  # the probes themselves will meet (and report) the same failure
+        finally:
+            for m, flag in training:
+                m.training = flag
+        return ""
 
     def user_groups(self, clone: nn.Module) -> list[dict[str, Any]]:
         """The user's param groups mapped onto ``clone``'s parameters (by name)."""
