@@ -57,6 +57,7 @@ from ._checkset import CheckSet
 from ._doctor import Doctor, NNDoctorUsageError
 from ._replay import (
     BackwardLink,
+    _compiling,
     LossRecorder,
     call_kwargs_from_frame,
     link_backward,
@@ -302,7 +303,7 @@ class _Session:
         self.first_output_scalars: list[tuple[tuple[Any, ...], Any]] = []
         self.backward_link: BackwardLink | None = None
         self.backwards = 0
-        self.model_depth = 0
+        self.root_module: nn.Module | None = None  # the module called at depth 0 now
         self.optimizer_steps_done = 0      # steps of the model's optimizer (post hook)
         self.optimizer_known = False       # an optimizer over the model existed at its first call
         self.compiled = False
@@ -443,12 +444,15 @@ class _Session:
 
     def _forward_pre(self, module: nn.Module, args: Any) -> None:
         self.depth += 1
-        if isinstance(module, nn.modules.loss._Loss):
-            self.losses.loss_modules.append(module)
-        if module is self.model and self.model is not None:
-            self.model_depth += 1
         if self.depth != 1 or self.stopping:
+            # Inner calls: only the nn.Module losses (whose functional call we record), and
+            # nothing while torch.compile traces this hook inside a compiled forward.
+            if self.losses.active and not _compiling() and isinstance(module, nn.modules.loss._Loss):
+                self.losses.loss_modules.append(module)
             return
+        self.root_module = module
+        if self.losses.active and isinstance(module, nn.modules.loss._Loss):
+            self.losses.loss_modules.append(module)
         seen = self.seen
         seen.root_calls += 1
         name = type(module).__name__
@@ -470,19 +474,16 @@ class _Session:
             return
         seen.model_calls += 1
         self._start_watching(module, args)
-        self.model_depth += 1
 
     def _forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self.depth = max(0, self.depth - 1)
-        if isinstance(module, nn.modules.loss._Loss) and self.losses.loss_modules:
+        if self.losses.loss_modules and self.losses.loss_modules[-1] is module:
             self.losses.loss_modules.pop()
-        if module is self.model and self.model is not None:
-            self.model_depth = max(0, self.model_depth - 1)
-            if self.backwards == 0 and self.model_depth == 0 and not self.first_output_scalars:
-                try:
-                    self.first_output_scalars = scalar_outputs(output)
-                except Exception:
-                    self.first_output_scalars = []
+        if self.depth == 0 and module is self.model and self.backwards == 0 and not self.first_output_scalars:
+            try:
+                self.first_output_scalars = scalar_outputs(output)
+            except Exception:
+                self.first_output_scalars = []
         if self.depth == 0 and module is self.model:
             # Steps closed lazily (weights updated by hand) close in the model's forward
             # pre-hook, which runs after ours: look again once the call is over.
@@ -540,7 +541,7 @@ class _Session:
             self.first_call = (_clone_tree(tuple(args)), _clone_tree(kwargs))
         except Exception:
             self.first_call = None
-        self.losses.inside_model = lambda: self.model_depth > 0
+        self.losses.inside_model = lambda: self.depth >= 1 and self.root_module is self.model
         self.losses.active = True
         self.optimizer_known = self._optimizer_exists(model)
         try:
@@ -787,7 +788,9 @@ def run_script(
     if doctor is None:
         return run
     report = doctor.report()
-    run.steps = doctor.steps_completed
+    # Optimizer steps when the optimizer existed from the start (accumulation, LBFGS).
+    run.steps = (session.optimizer_steps_done if session.optimizer_known and session.optimizer_steps_done
+                 else doctor.steps_completed)
     report.script = display
     wanted_experiments = _wanted_experiments(checks)
     if not wanted_experiments:
@@ -952,6 +955,8 @@ def _replay_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
                 f"function it called nor a scalar its model returned (a hand-written loss, or several "
                 f"losses combined); {_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
     if isinstance(unscaled, str):
+        if unscaled.startswith("a copy of the model"):
+            return f"{unscaled}; the experiments are not run"
         return f"replaying {source} failed ({unscaled}); {_WHO_NEEDS}: use doctor.checkup(..., loss_fn=...) in Python"
     if not math.isfinite(link.value) or not math.isfinite(unscaled):
         return f"the script's first loss is not finite ({link.value:g}); the experiments need a finite loss"
@@ -982,9 +987,10 @@ def _replay_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
 def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any, loss_fn: Any) -> "float | str":
     """The replayed loss on a copy of ``model`` with the step-0 weights, RNG and modes."""
     from .probes.context import call as call_model
+    from .probes.isolation import ProbeSkip, copy_model, leaked_parameters
 
     try:
-        clone = copy.deepcopy(model)
+        clone = copy_model(model)
         inner = clone.model if isinstance(clone, _OutputAdapter) else clone
         state = _state_for(session.initial_state, inner)
         if state is not None:
@@ -994,10 +1000,19 @@ def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             if session.initial_rng is not None:
                 torch.set_rng_state(session.initial_rng)
-            value = loss_fn(call_model(clone, inputs), targets)
+            output = call_model(clone, inputs)
+            leaked = leaked_parameters(model, output)
+            if leaked:
+                raise ProbeSkip(
+                    f"a copy of the model still computes with the original's parameters ({', '.join(leaked[:3])}"
+                    f"{', ...' if len(leaked) > 3 else ''}: a function stored in a container or a global reaches "
+                    f"the original, which nndoctor cannot re-bind), so training a copy would train your weights")
+            value = loss_fn(output, targets)
             value = float(value.detach().reshape(-1)[0]) if value.numel() == 1 else math.nan
         del clone
         return value
+    except ProbeSkip as skip:
+        return skip.reason
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -1205,11 +1220,13 @@ def _locate_loss_input(session: _Session, inputs: Any, expected: tuple[int, ...]
     from .probes.context import ModelCall
     from .probes.context import call as call_model
 
+    from .probes.isolation import copy_model
+
     model = _unwrapped(session)
     if model is None:
         return None
     try:
-        clone = copy.deepcopy(model)
+        clone = copy_model(model)
         state = _state_for(session.initial_state, clone)
         if state is not None:
             clone.load_state_dict(state)

@@ -381,6 +381,14 @@ def check(
                   soft_wrap=True)
     elif run.experiments.startswith("skipped: ") and not no_experiments:
         err.print(f"[dim]nndoctor: experiments {escape(run.experiments)}[/]", soft_wrap=True)
+    elif run.experiments == "ran":
+        # An experiment skipped on its own (the time budget ran out, the model cannot be
+        # copied...) changes what the diagnosis rests on: one visible line each, with why.
+        experiment_ids = {c.id for c in checkset.experiment}
+        for s in report.checks_skipped:
+            if s.get("check") in experiment_ids:
+                err.print(f"[yellow]nndoctor: experiment {escape(s['check'])} skipped: {escape(str(s.get('reason')))}[/]",
+                          soft_wrap=True)
 
     if run.outcome is Outcome.RAISED:
         _print_error(err, run, verbose)
