@@ -965,8 +965,9 @@ def _replay_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
         if not math.isfinite(factor):
             return (f"the script backpropagates {source} scaled ({' then '.join(scale_ops)}), but the "
                     f"replayed loss is 0: the scale cannot be checked; {_WHO_NEEDS}")
-        notes.append(f"the script backpropagates {source} × {factor:.4g} (e.g. gradient accumulation); "
-                     f"the experiments train on {source} itself (replayed: {unscaled:.6g})")
+        if not math.isclose(factor, 1.0, rel_tol=1e-6):  # nanoGPT divides by accumulation steps = 1
+            notes.append(f"the script backpropagates {source} × {factor:.4g} (e.g. gradient accumulation); "
+                         f"the experiments train on {source} itself (replayed: {unscaled:.6g})")
     elif not math.isclose(unscaled, link.value, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
         return (f"replaying {source} on the first batch gives {unscaled:.6g}, but the script's first "
                 f"loss was {link.value:.6g}: the model's forward is not reproducible from its inputs "
