@@ -41,6 +41,7 @@ import gc
 import io
 import math
 import os
+import random
 import runpy
 import signal
 import sys
@@ -295,6 +296,8 @@ class _Session:
         self.initial_state: dict[str, torch.Tensor] | None = None
         self.initial_rng: torch.Tensor | None = None
         self.initial_modes: list[bool] | None = None
+        self.initial_py_rng: Any = None
+        self.initial_np_rng: Any = None
         self.notes: list[str] = []
         # The replay of the script's own step (nndoctor._replay): the first model call as
         # made, the loss calls of the first step, and what its first backward() ran on.
@@ -547,6 +550,9 @@ class _Session:
         try:
             self.initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.initial_rng = torch.get_rng_state()
+            # Python's and numpy's too: a forward may draw from them (a random depth).
+            self.initial_py_rng = random.getstate()
+            self.initial_np_rng = _numpy_state()
             self.initial_modes = [m.training for m in model.modules()]
         except Exception:  # the loss check is optional; watching is not
             self.initial_state = None
@@ -998,7 +1004,7 @@ def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any
             inner.load_state_dict(state)
         for m, flag in zip(inner.modules(), session.initial_modes or []):
             m.training = flag
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), _python_rng(session):
             if session.initial_rng is not None:
                 torch.set_rng_state(session.initial_rng)
             output = call_model(clone, inputs)
@@ -1016,6 +1022,29 @@ def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any
         return skip.reason
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def _numpy_state() -> Any:
+    np = sys.modules.get("numpy")
+    return np.random.get_state() if np is not None else None
+
+
+@contextlib.contextmanager
+def _python_rng(session: _Session) -> Any:
+    """Python's and numpy's global RNGs at the first step's state for the block, then
+    put back as they were."""
+    np = sys.modules.get("numpy")
+    saved_py, saved_np = random.getstate(), _numpy_state()
+    try:
+        if session.initial_py_rng is not None:
+            random.setstate(session.initial_py_rng)
+        if np is not None and session.initial_np_rng is not None:
+            np.random.set_state(session.initial_np_rng)
+        yield
+    finally:
+        random.setstate(saved_py)
+        if np is not None and saved_np is not None:
+            np.random.set_state(saved_np)
 
 
 def _state_for(state: dict[str, torch.Tensor] | None, module: nn.Module) -> dict[str, torch.Tensor] | None:

@@ -281,3 +281,28 @@ def test_cli_prints_skipped_experiments_with_their_reason_without_verbose(tmp_pa
     p = nndoctor("check", script.name, "--steps", "5", cwd=tmp_path)
     assert p.returncode in (0, 1), p.stderr
     assert "nndoctor: experiment lr-sweep skipped: the script updates weights by hand" in p.stderr
+
+
+def test_forward_drawing_from_pythons_random_is_replayed_with_the_same_draws(tmp_path):
+    # A dynamic net that picks its depth with Python's `random` in forward (as
+    # jcjohnson's dynamic_net.py does): the replay restores that RNG too.
+    script = tmp_path / "dynamic.py"
+    script.write_text(
+        "import random\nimport torch\nfrom torch import nn\ntorch.manual_seed(0)\nrandom.seed(0)\n"
+        "class Dyn(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.a, self.m, self.b = nn.Linear(5, 16), nn.Linear(16, 16), nn.Linear(16, 1)\n"
+        "    def forward(self, x):\n"
+        "        h = self.a(x).clamp(min=0)\n"
+        "        for _ in range(random.randint(0, 3)):\n"
+        "            h = self.m(h).clamp(min=0)\n"
+        "        return self.b(h) * (0.5 + random.random())\n"
+        "X, y = torch.randn(32, 5), torch.randn(32, 1)\nmodel = Dyn()\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=1e-3)\n"
+        "crit = nn.MSELoss(reduction='sum')\n"
+        "for t in range(50):\n"
+        "    loss = crit(model(X), y); opt.zero_grad(); loss.backward(); opt.step()\n")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        r = run_script(script, [], steps=3)
+    assert r.experiments == "ran", r.experiments
