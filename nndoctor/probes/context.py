@@ -70,7 +70,14 @@ def _has_hooks(model: nn.Module) -> bool:
 
 class ProbeContext:
     """The batch (detached, on the model's device), the loss and its kind, the user's
-    optimizer (read only: copies get fresh ones) and the seed every probe starts from."""
+    optimizer (read only: copies get fresh ones) and the seed every probe starts from.
+
+    ``batch`` is ``(inputs, targets)``; inputs may be a :class:`ModelCall` (the exact
+    call, positional and keyword), and a :class:`ReplayBatch` also says where each
+    tensor's batch dim is, so that sub-batches cut every input and target alike.
+    ``loss_fn(model_output, targets)`` may be any callable (the runner passes the
+    script's own loss call, or the loss the model returns with ``targets=None``); an
+    attribute ``nndoctor_loss_kind`` names its kind, ``ignore_index`` its ignored class."""
 
     def __init__(self, model: nn.Module, batch: Any, optimizer: Any, loss_fn: Any, *, seed: int = 0) -> None:
         self.model = model
