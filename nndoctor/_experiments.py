@@ -131,6 +131,8 @@ def run_checkup(
         ctx = ProbeContext(model, batch, optimizer, loss_fn, seed=int(opts["seed"]))
         started = time.monotonic()
         budget = opts.get("time_budget")
+        if budget is not None:  # a running probe may overrun the budget, by as much again at most
+            ctx.deadline = started + 2 * float(budget)
         for key, probe in _probes(checks, opts):
             if budget is not None and time.monotonic() - started > budget:
                 obs.experiments[key] = ProbeSkipped(

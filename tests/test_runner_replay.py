@@ -306,3 +306,18 @@ def test_forward_drawing_from_pythons_random_is_replayed_with_the_same_draws(tmp
     with redirect_stdout(out):
         r = run_script(script, [], steps=3)
     assert r.experiments == "ran", r.experiments
+
+
+def test_probe_training_stops_at_the_context_deadline():
+    import time
+
+    model = nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    ctx = ProbeContext(model, (x, y), torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss())
+    clone = ctx.copy_model()
+    ctx.deadline = time.monotonic() - 1.0
+    with pytest.raises(ProbeSkip, match="time budget ran out while this experiment was running"):
+        train_curve(ctx, clone, ctx.make_optimizer(clone), x, y, 5)
+    ctx.deadline = None
+    losses, _ = train_curve(ctx, clone, ctx.make_optimizer(clone), x, y, 5)
+    assert len(losses) == 6

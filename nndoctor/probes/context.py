@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -217,6 +218,16 @@ class ProbeContext:
         return clone
 
     _isolation_problem: str | None = None
+    # When the probes' training must stop (time.monotonic()): a probe is let finish past
+    # the experiments' budget, but not without bound (an LBFGS step of a slow model can
+    # take seconds; a hundred of them, minutes). None: no limit.
+    deadline: float | None = None
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ProbeSkip("the experiments' time budget ran out while this experiment was running "
+                            "(its training steps are slow, e.g. LBFGS on a long sequence); raise it with "
+                            "nndoctor check --timeout, or time_budget=...")
 
     def _verify_isolation(self) -> str:
         """'' when a fresh copy is independent of the model, else why not."""
@@ -369,6 +380,7 @@ def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimiz
     """``opt.step()``, or for a closure optimizer (LBFGS) ``opt.step(closure)`` with a
     closure that re-evaluates the loss on the same batch: one call is one optimizer step
     (LBFGS may evaluate the closure several times inside it)."""
+    ctx.check_deadline()
     if not needs_closure(opt):
         opt.step()
         return
