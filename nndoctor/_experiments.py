@@ -131,6 +131,8 @@ def run_checkup(
         ctx = ProbeContext(model, batch, optimizer, loss_fn, seed=int(opts["seed"]))
         started = time.monotonic()
         budget = opts.get("time_budget")
+        if budget is not None:  # a running probe may overrun the budget, by as much again at most
+            ctx.deadline = started + 2 * float(budget)
         for key, probe in _probes(checks, opts):
             if budget is not None and time.monotonic() - started > budget:
                 obs.experiments[key] = ProbeSkipped(
@@ -169,7 +171,9 @@ def run_checkup(
 
 
 def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple[str, Callable[[ProbeContext], Record]]]:
-    """(key, probe) for each selected experiment, with the plain settings each probe gets:
+    """(key, probe) for each selected experiment, in the order the time budget serves them
+    (the ones that most change the diagnosis first: overfit, then the LR sweep), with the
+    plain settings each probe gets:
     the check's thresholds that bound the measurement (the overfit step budget and target,
     the gradient tolerances) and the probe knobs of ``DEFAULT_OPTIONS``."""
     probes: list[tuple[str, Callable[[ProbeContext], Record]]] = []
@@ -181,11 +185,6 @@ def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple
             ctx, n_samples=int(opts["overfit_samples"]), max_steps=int(fit.max_steps),
             loss_fraction=float(fit.loss_fraction), min_accuracy=float(fit.min_accuracy),
         )))
-    if RandomInputLoss.id in checks:
-        probes.append(("random_input", lambda ctx: random_input.measure(
-            ctx, n_samples=int(opts["random_input_samples"]), steps=int(opts["random_input_steps"]),
-            eval_every=int(opts["random_input_eval_every"]),
-        )))
     if LrSweep.id in checks:
         probes.append(("lr_sweep", lambda ctx: lr_sweep.measure_sweep(
             ctx, n_samples=int(opts["sweep_samples"]), steps=int(opts["sweep_steps"]),
@@ -194,6 +193,11 @@ def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple
             ctx, iters=int(opts["range_iters"]), start_lr=float(opts["range_start_lr"]),
             end_lr=float(opts["range_end_lr"]), batch=int(opts["range_batch"]),
             smoothing=float(opts["range_smoothing"]), stop_factor=float(opts["range_stop_factor"]),
+        )))
+    if RandomInputLoss.id in checks:
+        probes.append(("random_input", lambda ctx: random_input.measure(
+            ctx, n_samples=int(opts["random_input_samples"]), steps=int(opts["random_input_steps"]),
+            eval_every=int(opts["random_input_eval_every"]),
         )))
     grad = checks.get(GradientCheck.id)
     if grad is not None:

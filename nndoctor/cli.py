@@ -178,11 +178,40 @@ def _steps_text(run: Any) -> str:
     return f"at step {run.steps} (of {run.steps_requested} to watch)"
 
 
+def _json_without_report(json_path: "Path | None", script: str, message: str, run: Any,
+                         ids: "list[str] | None" = None) -> None:
+    """``--json`` on an exit without a report (2: nothing watched, an internal error; 3:
+    the script raised before its first step): what is known, the reason among the notes,
+    every check skipped with it. Best effort: the exit message matters more."""
+    if json_path is None:
+        return
+    from ._report import Report
+
+    try:
+        report = run.report if run is not None and run.report is not None else Report()
+        report.script = script
+        report.notes = [message, *[n for n in report.notes if n != message]]
+        if not report.checks_run and not report.checks_skipped:
+            report.checks_skipped = [{"check": cid, "reason": message} for cid in ids or []]
+        if run is not None and run.model is not None and not report.model:
+            report.model = {"class": run.model}
+        report.to_json(json_path)
+    except Exception:
+        pass
+
+
 def _no_training_message(run: Any, timeout: float) -> str:
     from ._runner import Outcome
 
     seen = run.seen
     script = run.script
+    if not seen.root_calls and getattr(seen, "child_processes", 0):
+        return (f"no training in this process: {script} started {seen.child_processes} child process(es) "
+                f"(torch.multiprocessing.spawn / mp.spawn, multiprocessing) and no torch.nn.Module was "
+                f"called here. nndoctor watches training in the process it runs; it cannot follow "
+                f"children. Run each worker under torchrun instead (`torchrun --nproc-per-node 2 -m "
+                f"nndoctor check {script}`), or use the Python API inside the worker function: "
+                f"`with Doctor(model, optimizer=opt).watch(): ...` then `doctor.report()`.")
     if run.outcome is Outcome.TIMEOUT:
         head = f"no training step within --timeout {timeout:g} s in {script}"
     elif run.outcome is Outcome.EXITED:
@@ -283,21 +312,27 @@ def check(
                 experiments=not no_experiments, on_event=progress,
             )
     except NNDoctorUsageError as exc:
+        _json_without_report(json_path, script, str(exc), None, [c.id for c in checkset])
         raise _fail(str(exc)) from None
     except Exception as exc:  # an internal failure: say so, and how to report it
         if verbose:
             err.print_exception()
-        raise _fail(
-            f"internal error while checking {script}: {type(exc).__name__}: {exc}. This is a bug "
-            f"in nndoctor; rerun with --verbose for the traceback and report it."
-        ) from None
+        message = (f"internal error while checking {script}: {type(exc).__name__}: {exc}. This is a bug "
+                   f"in nndoctor; rerun with --verbose for the traceback and report it.")
+        _json_without_report(json_path, script, message, None, [c.id for c in checkset])
+        raise _fail(message) from None
 
     report = run.report
+    ids = [c.id for c in checkset]
     if report is None or run.steps == 0:
         if run.outcome is Outcome.RAISED and run.error is not None:
             _print_error(err, run, verbose)
+            _json_without_report(json_path, script, f"the script raised {run.error.type} at "
+                                 f"{run.error.location} {_steps_text(run)}: {run.error.message}", run, ids)
             raise typer.Exit(int(exit_code(None, script_raised=True)))
-        raise _fail(_no_training_message(run, timeout), exit_code(None, could_not_run=True))
+        message = _no_training_message(run, timeout)
+        _json_without_report(json_path, script, message, run, ids)
+        raise _fail(message, exit_code(None, could_not_run=True))
 
     # Under torchrun: every rank watched its own copy of the script; rank 0 reports once
     # for all of them (findings name their ranks; the DDP checks judge all ranks' facts).
@@ -346,6 +381,14 @@ def check(
                   soft_wrap=True)
     elif run.experiments.startswith("skipped: ") and not no_experiments:
         err.print(f"[dim]nndoctor: experiments {escape(run.experiments)}[/]", soft_wrap=True)
+    elif run.experiments == "ran":
+        # An experiment skipped on its own (the time budget ran out, the model cannot be
+        # copied...) changes what the diagnosis rests on: one visible line each, with why.
+        experiment_ids = {c.id for c in checkset.experiment}
+        for s in report.checks_skipped:
+            if s.get("check") in experiment_ids:
+                err.print(f"[yellow]nndoctor: experiment {escape(s['check'])} skipped: {escape(str(s.get('reason')))}[/]",
+                          soft_wrap=True)
 
     if run.outcome is Outcome.RAISED:
         _print_error(err, run, verbose)

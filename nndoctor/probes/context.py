@@ -4,21 +4,52 @@ the one training loop the probes share (:func:`train_curve`)."""
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Callable
+import time
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .._losskinds import BINARY_KINDS, CLASS_KINDS, loss_kind
 from .._tree import map_tensors, tensors
-from .isolation import ProbeSkip, copy_model
+from .isolation import ProbeSkip, copy_model, leaked_parameters
 
-__all__ = ["ProbeContext", "call", "float_outputs", "train_curve"]
+__all__ = ["ProbeContext", "ModelCall", "ReplayBatch", "call", "float_outputs", "train_curve",
+           "needs_closure", "optimizer_step"]
+
+
+class ModelCall(NamedTuple):
+    """Inputs given as the exact call: ``model(*args, **kwargs)``. A named tuple, so the
+    tree walkers (``nndoctor._tree``) map and slice its tensors like any other nest."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class ReplayBatch(tuple):
+    """``(inputs, targets)`` with the batch dimension of every tensor (``input_dims``,
+    ``target_dims``: one entry per tensor in :func:`nndoctor._tree.tensors` order, None
+    for a tensor with no batch dim) and the batch size. ``batch_size=None``: the batch
+    cannot be cut into sub-batches; the probes then get the whole batch."""
+
+    input_dims: list[int | None] | None
+    target_dims: list[int | None] | None
+    batch_size: int | None
+
+    def __new__(cls, inputs: Any, targets: Any, *, input_dims: "list[int | None] | None" = None,
+                target_dims: "list[int | None] | None" = None, batch_size: int | None = None) -> "ReplayBatch":
+        self = super().__new__(cls, (inputs, targets))
+        self.input_dims, self.target_dims, self.batch_size = input_dims, target_dims, batch_size
+        return self
 
 
 def call(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
+    """``model(*args, **kwargs)`` for a :class:`ModelCall`, ``model(**inputs)`` for a dict,
+    ``model(*inputs)`` for a tuple or list, else ``model(inputs)``."""
+    if isinstance(inputs, ModelCall):
+        return model(*inputs.args, **inputs.kwargs)
     if isinstance(inputs, dict):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -30,9 +61,24 @@ def float_outputs(out: Any) -> list[torch.Tensor]:
     return [t for t in tensors(out) if t.is_floating_point() or t.is_complex()]
 
 
+def _has_hooks(model: nn.Module) -> bool:
+    from torch.nn.modules import module as torch_module
+
+    if getattr(torch_module, "_global_forward_hooks", None) or getattr(torch_module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 class ProbeContext:
     """The batch (detached, on the model's device), the loss and its kind, the user's
-    optimizer (read only: copies get fresh ones) and the seed every probe starts from."""
+    optimizer (read only: copies get fresh ones) and the seed every probe starts from.
+
+    ``batch`` is ``(inputs, targets)``; inputs may be a :class:`ModelCall` (the exact
+    call, positional and keyword), and a :class:`ReplayBatch` also says where each
+    tensor's batch dim is, so that sub-batches cut every input and target alike.
+    ``loss_fn(model_output, targets)`` may be any callable (the runner passes the
+    script's own loss call, or the loss the model returns with ``targets=None``); an
+    attribute ``nndoctor_loss_kind`` names its kind, ``ignore_index`` its ignored class."""
 
     def __init__(self, model: nn.Module, batch: Any, optimizer: Any, loss_fn: Any, *, seed: int = 0) -> None:
         self.model = model
@@ -46,7 +92,17 @@ class ProbeContext:
         move = lambda t: t.detach().to(device)  # noqa: E731
         self.inputs = map_tensors(inputs, move)
         self.targets = map_tensors(targets, move)
-        if isinstance(self.targets, torch.Tensor) and self.targets.dim() > 0:
+        # A replayed batch (the CLI runner's) says where each tensor's batch dim is; a
+        # batch that cannot be cut is offered whole (batch_size 1: every take() is all of it).
+        self.input_dims: list[int | None] | None = getattr(batch, "input_dims", None)
+        self.target_dims: list[int | None] | None = getattr(batch, "target_dims", None)
+        self.sliceable = True
+        if isinstance(batch, ReplayBatch):
+            if batch.batch_size is None or self.input_dims is None:
+                self.sliceable, self.batch_size = False, 1
+            else:
+                self.batch_size = int(batch.batch_size)
+        elif isinstance(self.targets, torch.Tensor) and self.targets.dim() > 0:
             self.batch_size = int(self.targets.shape[0])
         else:
             first = next((t for t in tensors(self.inputs) if t.dim() > 0), None)
@@ -59,7 +115,8 @@ class ProbeContext:
     # -- loss ------------------------------------------------------------------------
     def _resolve_loss(self, loss_fn: Any) -> tuple[Callable[..., torch.Tensor], str]:
         if loss_fn is not None:
-            return loss_fn, loss_kind(loss_fn)
+            # A replayed loss (the runner's) names its kind; anything else by its type.
+            return loss_fn, getattr(loss_fn, "nndoctor_loss_kind", None) or loss_kind(loss_fn)
         targets = self.targets
         if isinstance(targets, torch.Tensor) and not targets.is_floating_point() and not targets.is_complex():
             probe = self.copy_model()
@@ -101,8 +158,25 @@ class ProbeContext:
 
         return map_tensors(obj, cut)
 
+    @staticmethod
+    def _slice_dims(obj: Any, dims: list[int | None], index: slice) -> Any:
+        it = iter(dims)
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            d = next(it, None)
+            if d is None or t.dim() <= d:
+                return t
+            return t[(slice(None),) * d + (index,)]
+
+        return map_tensors(obj, cut)
+
     def take(self, start: int, stop: int) -> tuple[Any, Any]:
+        if not self.sliceable:
+            return self.inputs, self.targets
         s = slice(start, min(stop, self.batch_size))
+        if self.input_dims is not None:
+            return (self._slice_dims(self.inputs, self.input_dims, s),
+                    self._slice_dims(self.targets, self.target_dims or [], s))
         return self._slice(self.inputs, s), self._slice(self.targets, s)
 
     # -- task ------------------------------------------------------------------------
@@ -132,7 +206,66 @@ class ProbeContext:
 
     # -- copies and optimizers -------------------------------------------------------
     def copy_model(self, *, dropout_off: bool = False) -> nn.Module:
-        return copy_model(self.model, dropout_off=dropout_off)
+        """A copy of the model for a probe to train, proven independent of the original
+        (once per context): its forward's graph reaches none of the original's parameters,
+        and, when the model has no hooks that would notice, it reproduces the original's
+        output. Else :class:`ProbeSkip` with the reason: never train the user's weights."""
+        clone = copy_model(self.model, dropout_off=dropout_off)
+        if self._isolation_problem is None:
+            self._isolation_problem = self._verify_isolation()
+        if self._isolation_problem:
+            raise ProbeSkip(self._isolation_problem)
+        return clone
+
+    _isolation_problem: str | None = None
+    # When the probes' training must stop (time.monotonic()): a probe is let finish past
+    # the experiments' budget, but not without bound (an LBFGS step of a slow model can
+    # take seconds; a hundred of them, minutes). None: no limit.
+    deadline: float | None = None
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ProbeSkip("the experiments' time budget ran out while this experiment was running "
+                            "(its training steps are slow, e.g. LBFGS on a long sequence); raise it with "
+                            "nndoctor check --timeout, or time_budget=...")
+
+    def _verify_isolation(self) -> str:
+        """'' when a fresh copy is independent of the model, else why not."""
+        probe = copy_model(self.model)
+        inputs, _ = self.take(0, min(2, self.batch_size))
+        training = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in probe.modules()]
+        try:
+            probe.eval()
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                torch.manual_seed(self.seed)
+                out = call(probe, inputs)
+            leaked = leaked_parameters(self.model, out)
+            if leaked:
+                return (f"the model's copy still computes with the original's parameters "
+                        f"({', '.join(leaked[:3])}{', ...' if len(leaked) > 3 else ''}: a function stored on a "
+                        f"module, or a global, reaches the original), so training it would train your "
+                        f"weights; the experiments are not run")
+            if not _has_hooks(self.model):
+                self.model.eval()
+                with torch.random.fork_rng(devices=[]), torch.no_grad():
+                    torch.manual_seed(self.seed)
+                    ref = call(self.model, inputs)
+                mine, theirs = float_outputs(out), float_outputs(ref)
+                same = len(mine) == len(theirs) and all(
+                    a.shape == b.shape and torch.allclose(a.detach(), b, rtol=1e-4, atol=1e-5, equal_nan=True)
+                    for a, b in zip(mine, theirs))
+                if not same:
+                    return ("the model's copy does not reproduce the model's output (eval mode, same "
+                            "inputs and seed): the copy is not the model, so its experiments would judge "
+                            "something else; the experiments are not run")
+        except ProbeSkip:
+            raise
+        except Exception:
+            return ""  # the probes themselves will meet (and report) the same failure
+        finally:
+            for m, flag in training:
+                m.training = flag
+        return ""
 
     def user_groups(self, clone: nn.Module) -> list[dict[str, Any]]:
         """The user's param groups mapped onto ``clone``'s parameters (by name)."""
@@ -228,5 +361,34 @@ def train_curve(
         if not math.isfinite(value) or step == steps or (stop is not None and stop(losses, accs)):
             break
         loss.backward()
-        opt.step()
+        optimizer_step(ctx, clone, opt, inputs, targets)
     return losses, accs
+
+
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
+    """True for optimizers whose ``step`` requires a closure (LBFGS): its ``closure``
+    parameter has no default."""
+    try:
+        param = inspect.signature(type(opt).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimizer, inputs: Any,
+                   targets: Any) -> None:
+    """``opt.step()``, or for a closure optimizer (LBFGS) ``opt.step(closure)`` with a
+    closure that re-evaluates the loss on the same batch: one call is one optimizer step
+    (LBFGS may evaluate the closure several times inside it)."""
+    ctx.check_deadline()
+    if not needs_closure(opt):
+        opt.step()
+        return
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        value = ctx.loss(call(clone, inputs), targets)
+        value.backward()
+        return value
+
+    opt.step(closure)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import random
+import types
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["isolated", "copy_model", "strip_our_hooks", "default_dtype", "ProbeSkip", "DROPOUT_TYPES"]
+__all__ = ["isolated", "copy_model", "strip_our_hooks", "default_dtype", "ProbeSkip", "DROPOUT_TYPES",
+           "shared_storage", "rebind_closures", "leaked_parameters"]
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -98,13 +101,123 @@ def strip_our_hooks(model: nn.Module) -> None:
                     del hooks[key]
 
 
+def _storages(model: nn.Module) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t is None or t.device.type == "meta":
+                continue
+            try:
+                ptr = t.untyped_storage().data_ptr()
+            except Exception:
+                continue
+            if ptr:
+                out[ptr] = f"{kind} `{name}`"
+    return out
+
+
+def shared_storage(model: nn.Module, clone: nn.Module) -> list[str]:
+    """The clone's parameters and buffers whose memory is the original's (a copy that
+    would train the user's weights)."""
+    original = _storages(model)
+    return [what for ptr, what in _storages(clone).items() if ptr in original]
+
+
+def rebind_closures(model: nn.Module, clone: nn.Module) -> list[str]:
+    """``copy.deepcopy`` copies functions as they are: a lambda or bound method stored on
+    a module (``self.mlpf = lambda x: self.mlp.c_proj(...)``, minGPT's Block) still
+    calls the *original* modules. Re-bind such attributes of the clone to the clone's own
+    modules (same code, closure cells and ``__self__`` mapped original -> copy); returns
+    what was re-bound, as ``path.attr``."""
+    pairs = list(zip(model.modules(), clone.modules()))
+    mapping = {id(a): b for a, b in pairs}
+    names = {id(b): n for n, b in clone.named_modules()}
+    rebound: list[str] = []
+
+    def remap(fn: Any) -> Any:
+        if isinstance(fn, types.MethodType) and id(fn.__self__) in mapping:
+            return types.MethodType(fn.__func__, mapping[id(fn.__self__)])
+        if isinstance(fn, functools.partial):
+            inner = remap(fn.func)
+            args = tuple(mapping.get(id(a), a) for a in fn.args)
+            kw = {k: mapping.get(id(v), v) for k, v in fn.keywords.items()}
+            if inner is fn.func and args == fn.args and kw == fn.keywords:
+                return fn
+            return functools.partial(inner, *args, **kw)
+        if isinstance(fn, types.FunctionType) and fn.__closure__:
+            cells = []
+            changed = False
+            for cell in fn.__closure__:
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    cells.append(cell)
+                    continue
+                if id(value) in mapping:
+                    cells.append(types.CellType(mapping[id(value)]))
+                    changed = True
+                else:
+                    cells.append(cell)
+            if not changed:
+                return fn
+            new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
+            new.__kwdefaults__ = fn.__kwdefaults__
+            new.__dict__.update(fn.__dict__)
+            return new
+        return fn
+
+    for module in clone.modules():
+        for attr, value in list(vars(module).items()):
+            if attr.startswith("_") or not callable(value) or isinstance(value, (nn.Module, type)):
+                continue
+            new = remap(value)
+            if new is not value:
+                object.__setattr__(module, attr, new)
+                where = names.get(id(module), "")
+                rebound.append(f"{where}.{attr}" if where else attr)
+    return rebound
+
+
+def leaked_parameters(model: nn.Module, output: Any) -> list[str]:
+    """The original model's parameters that a copy's ``output`` depends on (found by
+    walking its autograd graph to the leaves): a copy whose forward reaches into the
+    original (a closure, a global) would train the user's weights."""
+    from .._tree import tensors
+
+    original = {id(p): n for n, p in model.named_parameters()}
+    seen: set[int] = set()
+    found: list[str] = []
+    stack = [t.grad_fn for t in tensors(output) if t.grad_fn is not None]
+    while stack and len(seen) < 200_000:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        var = getattr(node, "variable", None)
+        if var is not None and id(var) in original:
+            found.append(original[id(var)])
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return found
+
+
 def copy_model(model: nn.Module, *, dropout_off: bool = False) -> nn.Module:
     """A deep copy of ``model`` without our hooks and gradients; dropout switched off
-    when asked (the overfit and random-input probes measure capacity, not regularisation)."""
+    when asked (the overfit and random-input probes measure capacity, not regularisation).
+
+    The copy owns its memory (checked: no parameter or buffer storage shared with the
+    original, else :class:`ProbeSkip`) and its functions (closures over the original's
+    modules re-bound to the copy's, :func:`rebind_closures`)."""
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:
         raise ProbeSkip(f"the model could not be copied (copy.deepcopy raised {type(exc).__name__}: {exc})") from exc
+    shared = shared_storage(model, clone)
+    if shared:
+        raise ProbeSkip(
+            f"the model's copy shares memory with the model itself ({', '.join(shared[:3])}"
+            f"{', ...' if len(shared) > 3 else ''}): training it would train your weights, so the "
+            f"experiment is not run")
+    rebind_closures(model, clone)
     strip_our_hooks(clone)
     for p in clone.parameters():
         p.grad = None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .._probe_records import LrRangeTest, LrSweepRun, LrTrial
-from .context import ProbeContext, call, train_curve
+from .context import ProbeContext, call, optimizer_step, train_curve
 
 __all__ = ["measure_sweep", "measure_range", "lr_suggestions"]
 
@@ -71,7 +71,7 @@ def measure_range(
             stopped = True
             break
         loss.backward()
-        opt.step()
+        optimizer_step(ctx, clone, opt, x, y)  # LBFGS: with a closure
     return LrRangeTest(
         lrs=lrs, losses=raw, smoothed=smooth, stopped_early=stopped,
         diverged_at=lrs[-1] if stopped and lrs else None, base_lr=ctx.base_lr, optimizer=ctx.optimizer_type,

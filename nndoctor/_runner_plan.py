@@ -1,0 +1,562 @@
+"""The runner's experiments: what to replay of the script's step (its model call and
+loss, :mod:`nndoctor._replay`), checked against its first loss, on the weights of the
+first step; the older rebuild from the loss's autograd graph as the fallback; the
+stand-in optimizer for hand-written updates."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import random
+import sys
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ._checkset import CheckSet
+from ._doctor import Doctor
+from ._report import Report
+from ._runner_session import _LOSS_MATCH_RTOL, _numpy_state, _Session
+
+# --------------------------------------------------------------------------------------
+# Loss functions rebuilt from the loss graph
+# --------------------------------------------------------------------------------------
+def loss_from_graph(kind: str | None) -> Callable[..., torch.Tensor] | None:
+    """The torch function for a loss kind recognised in the loss's autograd graph."""
+    import torch.nn.functional as F
+
+    return {
+        "cross_entropy": F.cross_entropy,
+        "nll": F.nll_loss,
+        "bce_logits": F.binary_cross_entropy_with_logits,
+        "bce": F.binary_cross_entropy,
+        "mse": F.mse_loss,
+        "smooth_l1": F.smooth_l1_loss,
+        "huber": F.huber_loss,
+    }.get(kind or "")
+
+
+class _OutputAdapter(nn.Module):
+    """The model with its output cut down to the tensor its loss is computed from:
+    models that return ``(logits, hidden)`` or ``(logits, loss)``, or whose logits the
+    script reshapes before the loss (``output.view(-1, ntokens)``). Parameters are the
+    model's own, so the script's optimizer still maps onto them."""
+
+    def __init__(self, model: nn.Module, index: tuple[Any, ...], tail: tuple[int, ...] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.index = index
+        self.tail = tail
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
+        for key in self.index:
+            out = out[key]
+        if self.tail is not None and tuple(out.shape[1:]) != self.tail:
+            out = out.reshape(-1, *self.tail)
+        return out
+
+
+def _find_loss_input(output: Any, expected: tuple[int, ...]) -> tuple[tuple[Any, ...], tuple[int, ...] | None] | None:
+    """Where in the model's output the loss input is, and the reshape it needs: the first
+    floating-point tensor with as many elements as the tensor the loss was fed."""
+    want = math.prod(expected)
+
+    def walk(obj: Any, path: tuple[Any, ...], depth: int) -> Any:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and obj.numel() == want:
+                return path, (None if tuple(obj.shape) == tuple(expected) else tuple(expected[1:]))
+            return None
+        if depth > 3:
+            return None
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else ()
+        for key, value in items:
+            found = walk(value, (*path, key), depth + 1)
+            if found is not None:
+                return found
+        return None
+
+    return walk(output, (), 0)
+
+
+
+def _wanted_experiments(checks: CheckSet) -> list[str]:
+    # chance-level-loss is judged in watch mode from the script's real first loss; the
+    # checkup's "loss at init" would measure the model after the watched steps.
+    return [c.id for c in checks.experiment]
+
+
+def _skip(report: Report, ids: Sequence[str], reason: str) -> Report:
+    extra = Report(checks_skipped=[{"check": c, "reason": reason} for c in ids])
+    return report.merge(extra)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What the experiments replay: the batch, the loss callable, the module to train."""
+
+    batch: Any
+    loss_fn: Callable[..., Any]
+    model: nn.Module
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def _run_experiments(
+    session: _Session,
+    report: Report,
+    wanted: list[str],
+    *,
+    select: Any,
+    ignore: Any,
+    thresholds: dict[str, dict[str, float]] | None,
+) -> tuple[Report, str]:
+    doctor = session.doctor
+    assert doctor is not None
+
+    def skipped(reason: str) -> tuple[Report, str]:
+        return _skip(report, wanted, reason), f"skipped: {reason}"
+
+    plan = _replay_plan(session, doctor)
+    if isinstance(plan, str):
+        legacy = _legacy_plan(session, doctor)
+        if isinstance(legacy, str):
+            return skipped(plan if session.backward_link is not None else legacy)
+        plan = legacy
+    session.notes.extend(plan.notes)
+    ignore_ids = ["chance-level-loss"]  # the Doctor's check set already holds the user's
+    optimizer = session.optimizer
+    stand_in = False
+    if optimizer is None and doctor.model is not None:
+        optimizer = _stand_in_sgd(doctor, session)
+        stand_in = optimizer is None  # a hand-written rule that is not plain SGD
+    if stand_in:
+        # The LR sweep judges *your* learning rate; with an update rule nndoctor could not
+        # identify it would judge a stand-in optimizer instead.
+        ignore_ids.append("lr-sweep")
+    with torch.enable_grad(), _weights_at_start(doctor.model, session):
+        checkup = doctor.checkup(
+            plan.batch, loss_fn=plan.loss_fn, optimizer=optimizer, model=plan.model,
+            ignore=ignore_ids, time_budget=session.timeout if math.isfinite(session.timeout) else None,
+        )
+    if stand_in:
+        checkup = _as_stand_in(checkup)
+    merged = report.merge(checkup)
+    merged.experiments = {**report.experiments, **checkup.experiments}
+    return merged, "ran"
+
+
+_WHO_NEEDS = ("every experiment (loss at init, overfit-tiny-batch, random-input-loss, lr-sweep, "
+              "gradient-check) trains or evaluates the model with this loss")
+
+
+def _replay_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
+    """The script's own step, replayed: its model call (all inputs), its loss call (same
+    function or loss module, same arguments) or the loss its model returns; checked
+    against the script's first loss. A string says why it cannot be replayed."""
+    from ._replay import OutputLoss, ReplayLoss, infer_batch_dims, target_layout
+    from ._tree import tensors
+    from .probes.context import ModelCall, ReplayBatch
+
+    link = session.backward_link
+    if session.first_call is None:
+        return ("the model's inputs could not be captured at its first call; use "
+                "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if link is None:
+        return "no backward() was seen on a tensor with a graph"
+    args, kwargs = session.first_call
+    inputs = ModelCall(tuple(args), dict(kwargs))
+    dims = infer_batch_dims(inputs)
+    notes: list[str] = []
+    scale_ops = [op for op in link.ops if op in ("mul", "div")]
+    reduce_ops = [op for op in reversed(link.ops) if op in ("mean", "sum")]  # applied first -> last
+    model = doctor.model
+    if link.output_path is not None:
+        loss_fn: Any = OutputLoss(link.output_path)
+        targets: Any = None
+        target_dims: list[int | None] | None = []
+        experiment_model: nn.Module = model
+        unscaled = _replay_value(session, experiment_model, inputs, targets, loss_fn)
+        source = f"the loss the model returns (output{''.join(f'[{k!r}]' for k in link.output_path)})"
+    elif link.call is not None:
+        call = link.call
+        if call.inside_model:
+            return (f"the backpropagated loss is computed inside the model's forward ({call.describe()}) but "
+                    f"is not returned as a scalar of the model's output, so it cannot be replayed; "
+                    f"{_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        located = _locate_loss_input(session, inputs, call.input_shape)
+        if located is None:
+            return (f"the tensor fed to {call.describe()} (shape {tuple(call.input_shape)}) is not in the model's "
+                    f"output (the script transforms the output before the loss); {_WHO_NEEDS}: use "
+                    f"doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        index, tail = located
+        target = call.target
+        flatten = False
+        target_dims = None
+        if isinstance(target, torch.Tensor) and dims is not None:
+            batch, in_dims = dims
+            first = next((t for t in tensors(inputs) if t.dim() > 0), None)
+            d = next((x for x in in_dims if x is not None), 0)
+            laid = target_layout(target, batch, first, d)
+            if laid is not None:
+                flatten = laid[0].shape != target.shape
+                target, target_dims = laid[0], [laid[1]]
+        elif target is not None and dims is not None:
+            target_dims = [None] * len(tensors(target))
+        loss_fn = ReplayLoss(call, flatten_target=flatten, post=reduce_ops)
+        targets = target
+        experiment_model = _OutputAdapter(model, index, tail) if (index or tail is not None) else model
+        if experiment_model is not model:
+            notes.append("the experiments train the model with its output reduced to the loss's input"
+                         + (f" (output{''.join(f'[{k!r}]' for k in index)})" if index else "")
+                         + (f", reshaped to (-1, {', '.join(map(str, tail))})" if tail is not None else ""))
+        unscaled = _replay_value(session, experiment_model, inputs, targets, loss_fn)
+        source = call.describe() + (f" then .{'().'.join(reduce_ops)}()" if reduce_ops else "")
+    else:
+        chain = " <- ".join(link.chain)
+        return (f"the script backpropagates a tensor built by {chain}, which is neither a torch loss "
+                f"function it called nor a scalar its model returned (a hand-written loss, or several "
+                f"losses combined); {_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if isinstance(unscaled, str):
+        if unscaled.startswith("a copy of the model"):
+            return f"{unscaled}; the experiments are not run"
+        return f"replaying {source} failed ({unscaled}); {_WHO_NEEDS}: use doctor.checkup(..., loss_fn=...) in Python"
+    if not math.isfinite(link.value) or not math.isfinite(unscaled):
+        return f"the script's first loss is not finite ({link.value:g}); the experiments need a finite loss"
+    if scale_ops:
+        factor = link.value / unscaled if unscaled != 0 else math.nan
+        if not math.isfinite(factor):
+            return (f"the script backpropagates {source} scaled ({' then '.join(scale_ops)}), but the "
+                    f"replayed loss is 0: the scale cannot be checked; {_WHO_NEEDS}")
+        if not math.isclose(factor, 1.0, rel_tol=1e-6):  # nanoGPT divides by accumulation steps = 1
+            notes.append(f"the script backpropagates {source} × {factor:.4g} (e.g. gradient accumulation); "
+                         f"the experiments train on {source} itself (replayed: {unscaled:.6g})")
+    elif not math.isclose(unscaled, link.value, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
+        return (f"replaying {source} on the first batch gives {unscaled:.6g}, but the script's first "
+                f"loss was {link.value:.6g}: the model's forward is not reproducible from its inputs "
+                f"(randomness outside torch's RNG, or state that changes between calls); {_WHO_NEEDS}: "
+                f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if dims is None:
+        batch_size, in_dims = None, None
+    else:
+        batch_size, in_dims = dims
+        if target_dims is None:
+            batch_size = None
+            notes.append("the loss targets could not be matched to the inputs' batch dimension: the "
+                         "experiments use the whole first batch, never sub-batches")
+    batch = ReplayBatch(inputs, targets, input_dims=in_dims, target_dims=target_dims, batch_size=batch_size)
+    return _Plan(batch=batch, loss_fn=loss_fn, model=experiment_model, notes=notes)
+
+
+def _replay_value(session: _Session, model: nn.Module, inputs: Any, targets: Any, loss_fn: Any) -> "float | str":
+    """The replayed loss on a copy of ``model`` with the step-0 weights, RNG and modes."""
+    from .probes.context import call as call_model
+    from .probes.isolation import ProbeSkip, copy_model, leaked_parameters
+
+    try:
+        clone = copy_model(model)
+        inner = clone.model if isinstance(clone, _OutputAdapter) else clone
+        state = _state_for(session.initial_state, inner)
+        if state is not None:
+            inner.load_state_dict(state)
+        for m, flag in zip(inner.modules(), session.initial_modes or []):
+            m.training = flag
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), _python_rng(session):
+            if session.initial_rng is not None:
+                torch.set_rng_state(session.initial_rng)
+            output = call_model(clone, inputs)
+            leaked = leaked_parameters(model, output)
+            if leaked:
+                raise ProbeSkip(
+                    f"a copy of the model still computes with the original's parameters ({', '.join(leaked[:3])}"
+                    f"{', ...' if len(leaked) > 3 else ''}: a function stored in a container or a global reaches "
+                    f"the original, which nndoctor cannot re-bind), so training a copy would train your weights")
+            value = loss_fn(output, targets)
+            value = float(value.detach().reshape(-1)[0]) if value.numel() == 1 else math.nan
+        del clone
+        return value
+    except ProbeSkip as skip:
+        return skip.reason
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def _python_rng(session: _Session) -> Any:
+    """Python's and numpy's global RNGs at the first step's state for the block, then
+    put back as they were."""
+    np = sys.modules.get("numpy")
+    saved_py, saved_np = random.getstate(), _numpy_state()
+    try:
+        if session.initial_py_rng is not None:
+            random.setstate(session.initial_py_rng)
+        if np is not None and session.initial_np_rng is not None:
+            np.random.set_state(session.initial_np_rng)
+        yield
+    finally:
+        random.setstate(saved_py)
+        if np is not None and saved_np is not None:
+            np.random.set_state(saved_np)
+
+
+def _state_for(state: dict[str, torch.Tensor] | None, module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``state`` with the wrapper prefixes a compiled (``_orig_mod.``) or DDP/DataParallel
+    (``module.``) model adds stripped, so it loads into the unwrapped ``module``."""
+    if not state:
+        return state
+    own = set(module.state_dict())
+    for prefix in ("_orig_mod.", "module.", "_orig_mod.module.", "module._orig_mod."):
+        if set(state) == own:
+            break
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) == own or not set(state) & own:
+                state = stripped
+    return state
+
+
+def _legacy_plan(session: _Session, doctor: Doctor) -> "_Plan | str":
+    """The loss rebuilt from its autograd graph (a hand-written loss whose kind the graph
+    shows), with the first positional inputs: the fallback when the script's loss call
+    was not seen."""
+    captured = doctor.captured_batch
+    args, kwargs = captured.get("args"), captured.get("kwargs") or {}
+    graph = captured.get("loss_graph")
+    target = captured.get("target")
+    first_loss = next((s.loss for s in (doctor.observations.steps if doctor.observations else [])
+                       if s.loss is not None), None)
+    if not args and not kwargs:
+        return ("the model's inputs could not be captured (the model was called with keyword "
+                "arguments only?); use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if kwargs:
+        return ("the model takes keyword arguments, which the runner cannot replay; use "
+                "doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    notes: list[str] = []
+    kind = getattr(graph, "kind", None)
+    nodes = ", ".join(getattr(graph, "nodes", None) or []) if graph is not None else ""
+    if graph is None or kind is None:
+        fallback = _graph_of_first_step(doctor)
+        names = list(getattr(fallback, "nodes", None) or [])
+        nodes = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return (
+            "the loss is custom code that nndoctor cannot rebuild"
+            + (f" (autograd nodes {nodes})" if nodes else "")
+            + "; run the experiments from Python with doctor.checkup((inputs, targets), loss_fn=...)"
+        )
+    loss_fn = loss_from_graph(kind)
+    if loss_fn is None:
+        return (f"the loss ({kind}) is not one the runner rebuilds (cross-entropy, NLL, BCE, MSE); "
+                       f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if getattr(graph, "multi_term", False):
+        return (
+            f"the loss combines several terms (autograd nodes {nodes}), which the runner cannot "
+            f"rebuild; use doctor.checkup((inputs, targets), loss_fn=...) in Python"
+        )
+    if target is None:
+        return ("the loss target could not be captured from the loss graph")
+    inputs = args[0] if len(args) == 1 else tuple(args)
+    # A model whose output is a tuple/dict, or whose logits the script reshapes before the
+    # loss: the experiments train an adapter that yields exactly what the loss was fed.
+    experiment_model: nn.Module = doctor.model
+    expected = getattr(graph, "input_shape", None)
+    if expected:
+        located = _locate_loss_input(session, inputs, expected)
+        if located is None:
+            return (f"the tensor the loss was fed (shape {tuple(expected)}) was not found in the "
+                           f"model's output; use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+        index, tail = located
+        lead = inputs.shape[0] if isinstance(inputs, torch.Tensor) and inputs.dim() > 0 else None
+        if (tail is not None and isinstance(target, torch.Tensor) and target.dim() == 1 and lead
+                and target.numel() != lead and target.numel() % lead == 0):
+            # The script flattened (batch, positions) targets along with the logits: keep the
+            # leading dimension so the experiments can take sub-batches of inputs and
+            # targets alike; the loss flattens them again.
+            target = target.reshape(lead, -1)
+            flat_loss = loss_fn
+
+            def loss_fn(output: Any, t: Any, _loss: Any = flat_loss) -> torch.Tensor:
+                return _loss(output, t.reshape(-1))
+
+        if index or tail is not None:
+            experiment_model = _OutputAdapter(doctor.model, index, tail)
+            notes.append(
+                "the experiments train the model with its output reduced to the loss's input"
+                + (f" (output{''.join(f'[{k!r}]' for k in index)})" if index else "")
+                + (f", reshaped to (-1, {', '.join(map(str, tail))})" if tail is not None else ""))
+            loss_fn = _adapted_loss(loss_fn, index, tail)
+    # The rebuilt loss must give the script's own step-0 loss on the step-0 weights and
+    # inputs; anything between the model's output and the loss (a log, a scale, a mask)
+    # would make the experiments judge a different objective.
+    check = _verify_loss(session, inputs, target, loss_fn, first_loss)
+    if check is not None:
+        return check
+    if experiment_model is not doctor.model:
+        loss_fn = getattr(loss_fn, "plain", loss_fn)  # the adapter model already selects/reshapes
+    return _Plan(batch=(inputs, target), loss_fn=loss_fn, model=experiment_model, notes=notes)
+
+
+@contextlib.contextmanager
+def _weights_at_start(model: nn.Module, session: _Session) -> Any:
+    """The model with the weights it had at the first watched step, for the duration of
+    the experiments (then put back): after a few steps at a too-high learning rate the
+    weights may be wrecked, and the experiments (the LR sweep first of all) must judge
+    the training setup, not the wreckage. The model itself is used, not a copy, so that
+    the script's optimizer still maps onto its parameters (the experiments copy both)."""
+    # Captured on a compile or DDP/DataParallel wrapper: its `_orig_mod.`/`module.` prefix goes.
+    state = _state_for(session.initial_state, model)
+    if not state:
+        yield
+        return
+    now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # an unusual model: judge it as it is now, and say so
+        session.notes.append(f"the experiments use the weights after the watched steps "
+                             f"(restoring the first step's weights failed: {exc!r})")
+        model.load_state_dict(now)
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.load_state_dict(now)
+
+
+def infer_sgd_lr(obs: Any) -> float | None:
+    """The learning rate of hand-written plain SGD (``p -= lr * p.grad``), read off the
+    watched steps as |update| / |gradient|, when that ratio is the same (within 5%) for
+    every parameter and step; None otherwise (momentum, Adam-like or mixed rules)."""
+    ratios = []
+    for rec in getattr(obs, "steps", []):
+        for name, upd in rec.update_norms.items():
+            g = rec.grad_norms.get(name)
+            if g and upd and math.isfinite(g) and math.isfinite(upd) and g > 0 and upd > 0:
+                ratios.append(upd / g)
+    if len(ratios) < 2:
+        return None
+    lo, hi = min(ratios), max(ratios)
+    return float(sorted(ratios)[len(ratios) // 2]) if hi <= lo * 1.05 else None
+
+
+def _stand_in_sgd(doctor: Doctor, session: _Session) -> torch.optim.Optimizer | None:
+    """No torch.optim optimizer: an SGD with the learning rate the hand-written updates
+    used, so the experiments train the copies the way the script does."""
+    lr = infer_sgd_lr(doctor.observations)
+    model = doctor.model
+    if lr is None:
+        session.notes.append("no torch.optim optimizer was seen and the hand-written update is not "
+                             "plain SGD: the experiments train the copies with Adam(lr=1e-3)")
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return None
+    session.notes.append(f"no torch.optim optimizer was seen: the hand-written updates are plain SGD "
+                         f"with lr={lr:.3g}, which the experiments use")
+    return torch.optim.SGD(params, lr=lr)
+
+
+def _graph_of_first_step(doctor: Doctor) -> Any:
+    obs = doctor.observations
+    if obs is None:
+        return None
+    return next((s.loss_graph for s in obs.steps if s.loss_graph is not None), None)
+
+
+def _as_stand_in(checkup: Report) -> Report:
+    """Experiments trained with a stand-in optimizer (the script's hand-written update
+    rule is not plain SGD): their verdicts are at most warnings, and say so."""
+    from ._report import Severity
+
+    for f in checkup.findings:
+        if f.severity is Severity.ERROR:
+            f.severity = Severity.WARNING
+        f.message = ("(trained with a stand-in optimizer, Adam lr=1e-3: the script's own update rule "
+                     "is hand-written and not plain SGD) " + f.message)
+    if not any(s["check"] == "lr-sweep" for s in checkup.checks_skipped) and "lr-sweep" not in checkup.checks_run:
+        checkup.checks_skipped.append({
+            "check": "lr-sweep",
+            "reason": "the script updates weights by hand with a rule that is not plain SGD (momentum, "
+                      "clipping...), so there is no learning rate of yours to sweep; use torch.optim, or "
+                      "doctor.checkup(..., optimizer=...) in Python"})
+    checkup.sort()
+    return checkup
+
+
+def _adapted_loss(loss_fn: Callable[..., Any], index: tuple[Any, ...], tail: tuple[int, ...] | None) -> Callable[..., Any]:
+    """``loss_fn`` applied to the loss input found in a full model output (for checking
+    the rebuilt loss against the script's own); ``.plain`` is the loss itself."""
+
+    def adapted(output: Any, target: Any) -> torch.Tensor:
+        for key in index:
+            output = output[key]
+        if tail is not None and tuple(output.shape[1:]) != tail:
+            output = output.reshape(-1, *tail)
+        return loss_fn(output, target)
+
+    adapted.plain = loss_fn  # type: ignore[attr-defined]
+    return adapted
+
+
+def _locate_loss_input(session: _Session, inputs: Any, expected: tuple[int, ...]) -> Any:
+    """Run the model once (on a copy with its step-0 weights) and find the loss input."""
+    from .probes.context import ModelCall
+    from .probes.context import call as call_model
+
+    from .probes.isolation import copy_model
+
+    model = _unwrapped(session)
+    if model is None:
+        return None
+    try:
+        clone = copy_model(model)
+        state = _state_for(session.initial_state, clone)
+        if state is not None:
+            clone.load_state_dict(state)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if isinstance(inputs, ModelCall):
+                out = call_model(clone, inputs)
+            else:
+                out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+        del clone
+    except Exception:
+        return None
+    return _find_loss_input(out, tuple(expected))
+
+
+def _unwrapped(session: _Session) -> nn.Module | None:
+    doctor = session.doctor
+    return doctor.model if doctor is not None else session.model
+
+
+def _verify_loss(session: _Session, inputs: Any, target: Any, loss_fn: Callable[..., Any],
+                 first_loss: float | None) -> str | None:
+    """None when ``loss_fn(model0(inputs), target)`` reproduces the script's first loss
+    (on a copy of the model with its step-0 weights, RNG and modes), else why not."""
+    model = _unwrapped(session)
+    if model is None or session.initial_state is None or first_loss is None:
+        return None  # nothing to compare with: trust the loss graph
+    if not math.isfinite(first_loss):
+        return None
+    try:
+        clone = copy.deepcopy(model)
+        clone.load_state_dict(_state_for(session.initial_state, clone))
+        for m, flag in zip(clone.modules(), session.initial_modes or []):
+            m.training = flag
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            if session.initial_rng is not None:
+                torch.set_rng_state(session.initial_rng)
+            out = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+            value = float(loss_fn(out, target).detach())
+        del clone
+    except Exception as exc:
+        return (f"the loss rebuilt from its graph could not be evaluated ({type(exc).__name__}: {exc}); "
+                f"use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    if not math.isclose(value, first_loss, rel_tol=_LOSS_MATCH_RTOL, abs_tol=1e-6):
+        return (f"the loss rebuilt from the autograd graph ({getattr(getattr(loss_fn, 'plain', loss_fn), '__name__', 'loss')} with default "
+                f"arguments) gives {value:.6g} on the first batch, the script's loss was {first_loss:.6g}: "
+                f"the script's loss call was not seen, so its arguments (ignore_index, reduction, weight, a "
+                f"scale) are unknown; {_WHO_NEEDS}: use doctor.checkup((inputs, targets), loss_fn=...) in Python")
+    return None
+
