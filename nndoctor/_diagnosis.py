@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ._report import Finding, Severity
 
-__all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY", "explaining_links"]
+__all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY", "explaining_links",
+           "DEMOTED_WHEN_EXPLAINED"]
 
 
 # ------------------------------------------------------------------------------ evidence
@@ -772,18 +773,57 @@ def candidates(findings: Sequence[Finding]) -> list[str]:
     return [g.heads[0].check for g in groups]
 
 
+# Symptoms whose *advice* is wrong while another cause stands: the LR sweep tunes a model
+# crippled by that cause (softmax before CrossEntropyLoss makes x10 look better, 0-255
+# inputs make x0.1 look better). Explained by any cause but these, an lr-sweep finding is
+# demoted to an "inconclusive" info that points at the cause. The causes listed here say
+# the same thing as the sweep (the learning rate), so they keep its verdict.
+DEMOTED_WHEN_EXPLAINED: dict[str, frozenset[str]] = {
+    "lr-sweep": frozenset({"lr-sweep", "update-ratio"}),
+}
+_AS_JUDGED = "as_judged"  # evidence key: the check's own verdict, before a demotion
+
+
+def _restore(f: Finding) -> None:
+    """Undo an earlier demotion (the diagnosis is recomputed on every sort or merge)."""
+    judged = (f.evidence or {}).pop(_AS_JUDGED, None)
+    f.evidence.pop("inconclusive_because", None)
+    if isinstance(judged, dict):
+        f.severity = Severity.parse(judged.get("severity", f.severity))
+        f.message = judged.get("message", f.message)
+        f.fix = judged.get("fix", f.fix)
+
+
+def _demote(f: Finding, cause: Finding) -> None:
+    f.evidence[_AS_JUDGED] = {"severity": f.severity.value, "message": f.message, "fix": f.fix}
+    f.evidence["inconclusive_because"] = cause.check
+    f.severity = Severity.INFO
+    f.message = (f"Inconclusive while `{cause.check}` stands: the sweep tuned a model that this cause "
+                 f"cripples, so its verdict says nothing about your learning rate. (It measured: "
+                 f"{f.message})")
+    f.fix = (f"Fix `{cause.check}` first ({_lower_first(_first_sentence(cause.fix))}), then re-run the "
+             "checkup to judge the learning rate.")
+
+
 def diagnose(findings: list[Finding]) -> Diagnosis | None:
     """Set ``explained_by`` on every explained finding, reorder ``findings`` in place
     (root cause, what it explains, then the rest), and return the diagnosis (None when
-    no finding is a warning or an error)."""
+    no finding is a warning or an error). A symptom whose advice the cause makes wrong
+    (``DEMOTED_WHEN_EXPLAINED``) becomes an "inconclusive" info; recomputing the
+    diagnosis first restores the check's own verdict, so this is idempotent."""
     for f in findings:
         f.explained_by = None
+        if _AS_JUDGED in (f.evidence or {}):
+            _restore(f)
     base = sorted(findings, key=_sev_key)
     groups, rest = _groups(base)
     ordered: list[Finding] = []
     for g in groups:
         for s in g.explained:
             s.explained_by = g.heads[0].check
+            keep = DEMOTED_WHEN_EXPLAINED.get(s.check)
+            if keep is not None and s.explained_by not in keep and s.severity is not Severity.INFO:
+                _demote(s, g.heads[0])
         ordered.extend(g.heads)
         ordered.extend(sorted(g.explained, key=_sev_key))
     ordered.extend(sorted(rest, key=_sev_key))

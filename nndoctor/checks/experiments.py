@@ -232,15 +232,28 @@ class OverfitTinyBatch(Check):
             at = self.fitted_at(retry)
             evidence["retry_fitted_at"] = at
             if at is not None:
+                # The advice follows the evidence: a loss that blew up (non-finite, or ended
+                # above its start) calls for a smaller learning rate, never a larger one.
+                blew_up = not _finite(user.get("losses") or []) or (
+                    math.isfinite(final) and math.isfinite(start) and final > start)
+                evidence["diverged"] = blew_up
                 yield self.finding(
                     head
                     + f" {retry.get('optimizer')} fits the same samples in {at} steps, so the "
                     "model, loss and labels can learn: your learning rate or optimizer "
-                    "settings are the problem.",
+                    "settings are the problem"
+                    + (" (with yours the loss rose or blew up: the learning rate is too high)."
+                       if blew_up else "."),
                     severity=Severity.WARNING,
-                    fix="Raise the learning rate (see the `lr-sweep` finding and the LR range "
-                    "test in the report), or check momentum, weight decay and that every "
-                    "parameter is in the optimizer; Adam(lr=1e-3) is a safe baseline.",
+                    fix=(
+                        "Lower the learning rate (x0.1; see the `lr-sweep` finding and the LR range "
+                        "test in the report), or add warm-up or gradient clipping; Adam(lr=1e-3) "
+                        "is a safe baseline."
+                        if blew_up
+                        else "Raise the learning rate (see the `lr-sweep` finding and the LR range "
+                        "test in the report), or check momentum, weight decay and that every "
+                        "parameter is in the optimizer; Adam(lr=1e-3) is a safe baseline."
+                    ),
                     **evidence,
                 )
                 return
@@ -588,6 +601,17 @@ class LrSweep(Check):
         progress = (start - mean) / abs(start) if start else 0.0
         return progress, mean, noise
 
+    @staticmethod
+    def _progress_words(stat: tuple[float, float, float], start: float) -> str:
+        """What a trial did to the loss, in words that stay true when it did not fall:
+        "the loss falls by 42%" / "the loss stays finite (2.3 -> 2.9)"."""
+        progress, mean, _ = stat
+        if math.isfinite(progress) and progress > 0:
+            return f"it falls by {progress:.0%} ({_fmt(start)} -> {_fmt(mean)})"
+        if math.isfinite(mean):
+            return f"it stays finite ({_fmt(start)} -> {_fmt(mean)})"
+        return "it diverges too"
+
     def evaluate(self, obs: Any) -> Iterable[Finding]:
         sweep = _data(obs, "lr_sweep", "lr-sweep", LrSweepRun)
         experiments = getattr(obs, "experiments", {}) or {}
@@ -640,11 +664,17 @@ class LrSweep(Check):
                     (
                         f"At your learning rate ({_fmt(base_lr)}) the loss diverges "
                         f"({_fmt(start)} -> {_fmt(mean1)} in {sweep.get('steps')} steps), while "
-                        f"LR x0.1 ({_fmt(lr_low)}) removes {stats['0.1'][0]:.0%} of it."
+                        f"at LR x0.1 ({_fmt(lr_low)}) "
+                        + self._progress_words(stats["0.1"], start)
+                        + "."
                         if diverged
                         else f"LR x0.1 ({_fmt(lr_low)}) trains clearly better than your LR "
-                        f"({_fmt(base_lr)}): it removes {stats['0.1'][0]:.0%} of the starting "
-                        f"loss in {sweep.get('steps')} steps against {p1:.0%} (gap "
+                        f"({_fmt(base_lr)}): "
+                        + (f"it removes {stats['0.1'][0]:.0%} of the starting loss"
+                           if stats["0.1"][0] >= 0 else f"it raises the loss by only {-stats['0.1'][0]:.0%}")
+                        + f" in {sweep.get('steps')} steps, "
+                        + (f"yours {p1:.0%}" if p1 >= 0 else f"while yours raises it by {-p1:.0%}")
+                        + f" (gap "
                         f"{_fmt(z)}x the trial noise), although its steps are 10x smaller. "
                         "Your LR is too high."
                     )
@@ -655,7 +685,11 @@ class LrSweep(Check):
                     **evidence,
                 )
                 return
-        if "10" in stats and p1 < self.stalled_progress:
+        # Never "raise the learning rate" on a run that diverged (x1 blew up even though
+        # x0.1 did too, or your LR is at or above the range test's blow-up point).
+        diverged_at = rng.get("diverged_at") if rng else None
+        blew_up = diverged or bool(diverged_at and base_lr and base_lr >= diverged_at)
+        if "10" in stats and p1 < self.stalled_progress and not blew_up:
             gain, z = margin("10")
             if gain >= self.min_gain and z >= self.min_noise_ratio:
                 evidence.update(better="x10", gain=gain, noise_ratio=z)
@@ -675,7 +709,7 @@ class LrSweep(Check):
         if base_lr and values and len(values) == len(sugg):
             spread = math.log10(max(values) / min(values))
             below = math.log10(min(values) / base_lr)
-            if spread <= self.max_spread_decades and below >= self.range_decades:
+            if spread <= self.max_spread_decades and below >= self.range_decades and not blew_up:
                 evidence.update(better="range-test", decades_below=below)
                 yield self.finding(
                     f"Your learning rate ({_fmt(base_lr)}) is {below:.1f} decades below every "
