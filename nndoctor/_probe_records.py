@@ -147,22 +147,28 @@ class OverfitCurve(Record):
     accuracies: list[float | None] | None = None
     skipped: str | None = None
 
-    def fitted_at(self, loss_fraction: float, min_accuracy: float, max_steps: float) -> int | None:
+    def fitted_at(
+        self, loss_fraction: float, min_accuracy: float, max_steps: float, floor: float = 0.0,
+    ) -> int | None:
         """The first step (at most ``max_steps``) at which the loss fell to
-        ``loss_fraction`` of its start or the accuracy reached ``min_accuracy``; None
-        when it never did, or the loss is not finite before that. The probe stops on it
-        and the check judges by it, so the two cannot disagree."""
+        ``loss_fraction`` of its start *above the loss's floor* (the lowest value the loss
+        can take on these targets: 0 for most losses, the targets' entropy for BCE with
+        soft targets, the smoothed distribution's entropy with label smoothing), or the
+        accuracy reached ``min_accuracy``; None when it never did, or the loss is not
+        finite before that. The probe stops on it and the check judges by it, so the two
+        cannot disagree."""
         losses = self.losses or []
         if not losses or not _is_finite(losses[0]):
             return None
-        start = losses[0]
+        floor = float(floor) if _is_finite(floor) else 0.0
+        start = losses[0] - floor
         accuracies = self.accuracies
         for i, loss in enumerate(losses):
             if i > max_steps:
                 break
             if not _is_finite(loss):
                 return None
-            if abs(start) < 1e-8 or loss <= loss_fraction * start:
+            if abs(start) < 1e-8 or loss - floor <= loss_fraction * start:
                 return i
             if accuracies is not None and i < len(accuracies) and accuracies[i] is not None \
                     and accuracies[i] >= min_accuracy:
@@ -180,6 +186,11 @@ class OverfitRun(Record):
     task: str = "regression"
     runs: list[OverfitCurve] = field(default_factory=list)
     regularisation_off: list[str] = field(default_factory=list)
+    # The lowest value the loss can reach on this batch (targets' entropy for BCE with soft
+    # targets, the smoothed target's entropy with label smoothing, 0 otherwise) and how it
+    # was derived; "fitted" is judged on the loss above it.
+    loss_floor: float = 0.0
+    loss_floor_reason: str | None = None
     skipped: str | None = None
 
 

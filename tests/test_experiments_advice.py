@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -169,3 +170,98 @@ def test_softmax_before_cross_entropy_checkup_does_not_advise_raising_the_lr():
     assert merged.findings[0].check == "loss-input-format"
     for f in merged.by_check("lr-sweep"):
         assert f.severity is Severity.INFO and "Raise" not in f.fix and "Multiply" not in f.fix
+
+
+# ------------------------------------------------------------------------------ loss floors
+from nndoctor.probes import ProbeContext  # noqa: E402
+from nndoctor.probes.overfit import loss_floor  # noqa: E402
+
+
+def _floor(loss_fn, targets, out_dim: int = 4):
+    model = nn.Linear(3, out_dim)
+    x = torch.randn(targets.shape[0], 3)
+    ctx = ProbeContext(model, (x, targets), None, loss_fn)
+    return loss_floor(ctx, x, targets)
+
+
+def test_bce_floor_is_the_soft_targets_entropy():
+    t = torch.tensor([[0.2, 0.5], [1.0, 0.0]])
+    floor, why = _floor(nn.BCELoss(), t, 2)
+    # the floor is the loss at the best possible prediction p = t, computed by torch itself
+    assert floor == pytest.approx(float(nn.BCELoss()(t.double(), t.double())), rel=1e-9)
+    assert floor > 0.25 and "entropy" in why
+    # hard 0/1 targets: floor 0
+    assert _floor(nn.BCELoss(), torch.tensor([[1.0, 0.0]]), 2) == (0.0, None)
+
+
+def test_bce_with_logits_floor_with_pos_weight_is_the_loss_minimum():
+    t = torch.tensor([[0.3, 0.8, 0.5]])
+    fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 3.0]))
+    floor, _ = _floor(fn, t, 3)
+    # oracle: minimise the loss over the logits directly
+    z = torch.zeros_like(t, requires_grad=True)
+    opt = torch.optim.LBFGS([z], max_iter=200, tolerance_change=1e-12, tolerance_grad=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = fn(z, t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert floor == pytest.approx(float(fn(z.detach(), t)), abs=1e-5)
+
+
+def test_label_smoothing_floor_matches_the_smoothed_entropy():
+    fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    y = torch.tensor([0, 3, 1, 2])
+    floor, why = _floor(fn, y, 4)
+    # the loss of the best logits: log of the smoothed target distribution itself
+    q = torch.full((4, 4), 0.1 / 4)
+    q[torch.arange(4), y] += 0.9
+    assert floor == pytest.approx(float(fn(q.log(), y)), rel=1e-6)
+    assert "label smoothing" in why
+    assert _floor(nn.CrossEntropyLoss(), y, 4) == (0.0, None)
+
+
+def test_kl_and_mse_floors_are_zero():
+    assert _floor(nn.KLDivLoss(reduction="batchmean"), torch.rand(4, 4), 4)[0] == 0.0
+    assert _floor(nn.MSELoss(), torch.rand(4, 4), 4)[0] == 0.0
+
+
+def overfit_record(losses, floor=0.0, task="regression"):
+    return {"n_samples": 8, "max_steps": 100, "task": task, "loss_floor": floor,
+            "loss_floor_reason": "the entropy of the soft targets" if floor else None,
+            "runs": [{"optimizer": "Adam(lr=0.001)", "is_user": True, "losses": losses}]}
+
+
+def test_overfit_is_judged_above_the_floor():
+    losses = trial(0.70, 0.58, 101)  # 17% lower, but 92% of the way to the floor 0.57
+    assert not OverfitTinyBatch().run(obs_with(overfit=overfit_record(losses, floor=0.57)))[0]
+    (f,), _ = OverfitTinyBatch().run(obs_with(overfit=overfit_record(losses, floor=0.0)))
+    assert f.severity is Severity.ERROR  # the same curve judged against 0 is not fitted
+
+
+def test_slow_regression_that_halves_its_excess_is_a_warning_not_an_error():
+    (f,), _ = OverfitTinyBatch().run(obs_with(overfit=overfit_record(trial(0.70, 0.62, 101), floor=0.57)))
+    assert f.severity is Severity.WARNING and "too slowly" in f.message and "floor" in f.message
+    (g,), _ = OverfitTinyBatch().run(obs_with(overfit=overfit_record(trial(0.70, 0.69, 101), floor=0.57)))
+    assert g.severity is Severity.ERROR  # barely moves: a bug
+
+
+def test_conv_autoencoder_with_sigmoid_bce_on_gray_levels_fits():
+    """The issue's false alarm, end to end: a healthy conv autoencoder on gray levels."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bugzoo import ConvAutoencoder, gray_images
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    x = gray_images(32)
+    report = run_checkup(model, (x, x), optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+                         loss_fn=nn.BCELoss(), select=["overfit-tiny-batch"])
+    assert not report.errors, [f.message for f in report.findings]
+    record = report.experiments["overfit"]
+    assert 0.4 < record.loss_floor < record.runs[0].losses[0]

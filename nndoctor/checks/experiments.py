@@ -107,8 +107,10 @@ class OverfitTinyBatch(Check):
     batch given to `checkup`, 8 by default) for at most `max_steps` steps with your
     optimizer's type and hyper-parameters (dropout switched off), and records the loss
     (and, for classification, the accuracy on that batch) at every step. The batch is
-    fitted when the loss falls to `loss_fraction` of its starting value or, for
-    classification, when every sample is classified correctly (`min_accuracy`). When your
+    fitted when the loss falls to `loss_fraction` of its starting value (measured above
+    the loss's floor on the batch: the targets' entropy for BCE with soft targets, the
+    smoothed target's entropy with label smoothing, 0 otherwise) or, for classification,
+    when every sample is classified correctly (`min_accuracy`). When your
     optimizer fails, the experiment is repeated with Adam(lr=1e-3) to tell a broken model
     from a badly set optimizer.
 
@@ -131,9 +133,11 @@ class OverfitTinyBatch(Check):
     ## Known false positives
     - Models with heavy stochastic regularisation in `forward` (beyond `nn.Dropout`,
       which the experiment switches off) may not reach the target in the step budget.
-    - Losses whose minimum is far from zero (label smoothing, entropy terms,
-      variational bounds) never fall to a small fraction of their start; raise
-      `loss_fraction` for them.
+    - Losses whose minimum is far from zero never fall to a small fraction of their
+      start. The experiment knows the floor of BCE with soft targets (the targets'
+      entropy), cross-entropy with label smoothing or soft targets, and KL (0), and judges
+      the loss above it; for other such losses (entropy terms, variational bounds) raise
+      `loss_fraction`.
     - Very deep models with a plain SGD at a small LR can need more than `max_steps`;
       the message then says that Adam fits it.
 
@@ -183,10 +187,11 @@ class OverfitTinyBatch(Check):
     )
     citations = (CHECKLIST, KARPATHY, CS231N, DEEPCHECKER)
 
-    def fitted_at(self, run: OverfitCurve | dict[str, Any]) -> int | None:
-        """The first step at which the run met this check's target, or None."""
+    def fitted_at(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> int | None:
+        """The first step at which the run met this check's target (the loss above
+        ``floor``, the loss's minimum on the batch, measured by the probe), or None."""
         curve = OverfitCurve.coerce(run)
-        return curve.fitted_at(self.loss_fraction, self.min_accuracy, self.max_steps)
+        return curve.fitted_at(self.loss_fraction, self.min_accuracy, self.max_steps, floor)
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
         data = _data(obs, "overfit", "overfit-tiny-batch", OverfitRun)
@@ -195,7 +200,8 @@ class OverfitTinyBatch(Check):
             raise Skip("the overfit experiment recorded no run")
         user = runs[0]
         _inconclusive_if_not_finite((user.losses or [math.nan])[0], "overfit")
-        if self.fitted_at(user) is not None:
+        floor = data.loss_floor if isinstance(data.loss_floor, (int, float)) and math.isfinite(data.loss_floor) else 0.0
+        if self.fitted_at(user, floor) is not None:
             return
         n = data.get("n_samples")
         steps = len(user.get("losses") or []) - 1
@@ -217,11 +223,14 @@ class OverfitTinyBatch(Check):
             "curve": _curve(user.get("losses") or []),
             "accuracy_curve": _curve(user["accuracies"]) if user.get("accuracies") else None,
             "regularisation_off": data.get("regularisation_off", []),
+            "loss_floor": floor,
+            "loss_floor_reason": data.loss_floor_reason,
         }
         head = (
             f"With {user.get('optimizer')}, the model did not fit {n} fixed samples in "
             f"{steps} steps: loss {_fmt(start)} -> {_fmt(final)}{acc_text}"
             f" (target: {self.loss_fraction:.0%} of the start"
+            + (f" above the loss's floor {_fmt(floor)}, {data.loss_floor_reason}" if floor else "")
             + (f" or {self.min_accuracy:.0%} accuracy" if user.get("accuracies") is not None else "")
             + ")."
         )
@@ -229,7 +238,7 @@ class OverfitTinyBatch(Check):
         if retry is not None:
             evidence["retry_optimizer"] = retry.get("optimizer")
             evidence["retry_curve"] = _curve(retry.get("losses") or [])
-            at = self.fitted_at(retry)
+            at = self.fitted_at(retry, floor)
             evidence["retry_fitted_at"] = at
             if at is not None:
                 # The advice follows the evidence: a loss that blew up (non-finite, or ended
@@ -267,12 +276,18 @@ class OverfitTinyBatch(Check):
                 " The loss became NaN/Inf: look for log(0), division by zero or a learning "
                 "rate far too high (see `nan-trace`)."
             )
-        elif math.isfinite(best) and math.isfinite(start) and best <= 0.5 * start:
+        elif math.isfinite(best) and math.isfinite(start) and best - floor <= 0.5 * (start - floor):
             why = (
                 " The loss falls, but too slowly: the model may lack capacity, or "
                 "regularisation/normalisation holds it back; a learning rate that is too "
                 "low also looks like this."
             )
+            if data.get("task") == "regression":
+                # A regression (a reconstruction, soft targets) that halved its loss above
+                # the floor is learning: slow, not broken. No accuracy can say "fitted"
+                # for it, so a warning, not an error (healthy autoencoders land here).
+                yield self.finding(head + why, severity=Severity.WARNING, **evidence)
+                return
         else:
             why = (
                 " The loss barely moves, which points to a bug rather than a tuning issue: "
