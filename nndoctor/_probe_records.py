@@ -42,6 +42,8 @@ __all__ = [
     "GradcheckUnit",
     "GradcheckModel",
     "GradcheckRun",
+    "InterventionTrial",
+    "InterventionRun",
     "RECORD_TYPES",
 ]
 
@@ -300,6 +302,44 @@ class GradcheckRun(Record):
     skipped: str | None = None
 
 
+@dataclass
+class InterventionTrial(Record):
+    """One counterfactual: the fix a root-cause finding proposes, applied to a copy, and
+    the probe that showed the symptom run before and after it (same seed, samples, steps
+    and stopping rule as ``overfit-tiny-batch``). Whether it confirms the cause is decided
+    by :func:`nndoctor._diagnosis.judge_intervention`, not here."""
+
+    _nested: ClassVar[dict[str, tuple[type, str]]] = {
+        "before": (OverfitCurve, "one"), "after": (OverfitCurve, "one"),
+        "retry_before": (OverfitCurve, "one"), "retry_after": (OverfitCurve, "one"),
+    }
+    cause: str = ""
+    intervention: str = ""  # "inputs standardised"
+    probe: str = "overfit-tiny-batch"
+    n_samples: int = 0
+    max_steps: int = 0
+    loss_fraction: float = 0.1
+    min_accuracy: float = 1.0
+    loss_floor: float = 0.0
+    before: OverfitCurve | None = None
+    after: OverfitCurve | None = None
+    # The same pair with Adam(lr=1e-3), for fixes that are not the learning rate: a fix
+    # can need another step size than the user's (standardised inputs at an LR tuned for
+    # 0-255 ones). None when the user's optimizer already is that Adam.
+    retry_before: OverfitCurve | None = None
+    retry_after: OverfitCurve | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class InterventionRun(Record):
+    """The interventions tried on the leading candidate causes, most likely first."""
+
+    _nested: ClassVar[dict[str, tuple[type, str]]] = {"trials": (InterventionTrial, "list")}
+    trials: list[InterventionTrial] = field(default_factory=list)
+    skipped: str | None = None
+
+
 # Observations.experiments key -> the record type a probe leaves there.
 RECORD_TYPES: dict[str, type[Record]] = {
     "init": InitLoss,
@@ -308,6 +348,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "lr_sweep": LrSweepRun,
     "lr_range": LrRangeTest,
     "gradcheck": GradcheckRun,
+    "interventions": InterventionRun,
 }
 
 

@@ -241,8 +241,10 @@ def _diagnosis_block(report: Report) -> Group | None:
     if d.explains:
         head.append(" — explains: " + ", ".join(d.explains))
     if d.confirmed:
-        head.append(f" — confirmed: with {d.confirmed.get('intervention')}, {d.confirmed.get('probe')} "
-                    f"{d.confirmed.get('after')} (was: {d.confirmed.get('before')})", style="green")
+        outcome = d.confirmed.get("outcome", "confirmed")  # or "not confirmed" / "inconclusive"
+        head.append(f" — {outcome}: with {d.confirmed.get('intervention')}, {d.confirmed.get('probe')} "
+                    f"{d.confirmed.get('after')} (was: {d.confirmed.get('before')})",
+                    style="green" if outcome == "confirmed" else "yellow")
     lines: list[Any] = [head]
     for check in d.explains:
         line = Text(f"  {check} (explained by {d.cause})", style="dim")
