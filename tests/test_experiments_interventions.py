@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
+import jsonschema
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -295,7 +295,9 @@ def test_cli_report_carries_the_confirmation(tmp_path):
     result = CliRunner().invoke(app, ["check", str(script), "--steps", "20", "--json", str(out)],
                                 catch_exceptions=False)
     assert result.exit_code == 1, result.output
-    d = json.loads(out.read_text())["diagnosis"]
+    full = json.loads(out.read_text())
+    jsonschema.validate(full, json.loads((Path(__file__).parent / "contract_schema.json").read_text()))
+    d = full["diagnosis"]
     assert d["cause"] == "loss-input-format"
     assert d["confirmed"]["outcome"] == "confirmed" and "softmax" in d["confirmed"]["intervention"]
     assert "confirmed: with" in result.output
