@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ._report import Finding, Severity
 
-__all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY", "explaining_links"]
+__all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY", "explaining_links",
+           "DEMOTED_WHEN_EXPLAINED", "candidate_findings", "judge_intervention"]
 
 
 # ------------------------------------------------------------------------------ evidence
@@ -667,8 +668,23 @@ class Diagnosis:
     confirmed: dict[str, Any] | None = None
     because: dict[str, str] = field(default_factory=dict)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The confidence follows the intervention, however ``confirmed`` gets set (here,
+        # or by Report.sort carrying a confirmation over to a recomputed diagnosis): a
+        # confirmed cause is "high"; "not confirmed" lowers the ranking's confidence a step.
+        object.__setattr__(self, name, value)
+        if name == "confidence":
+            object.__setattr__(self, "_ranked_confidence", value)
+        if name in ("confidence", "confirmed") and "_ranked_confidence" in self.__dict__:
+            object.__setattr__(self, "confidence",
+                               _confidence_after(self.__dict__["_ranked_confidence"], self.__dict__.get("confirmed")))
+
     def confirm(self, intervention: str, probe: str, before: str, after: str, **more: Any) -> None:
-        """Record that applying the fix on a copy removed the symptom ``probe`` showed."""
+        """Record the intervention that applied the proposed fix on a copy and re-ran the
+        probe that showed the symptom; ``outcome`` in ``more``: "confirmed" (the default;
+        the confidence becomes high), "not confirmed" (the fix did not remove the symptom;
+        the confidence drops a step) or "inconclusive" (the probe did not show it)."""
+        more.setdefault("outcome", "confirmed")
         self.confirmed = {"intervention": intervention, "probe": probe, "before": before, "after": after, **more}
 
     def to_dict(self) -> dict[str, Any]:
@@ -682,6 +698,142 @@ class Diagnosis:
         return cls(cause=data["cause"], confidence=data.get("confidence", "low"),
                    explains=list(data.get("explains") or []), summary=data.get("summary") or "",
                    confirmed=data.get("confirmed"), because=dict(data.get("because") or {}))
+
+
+_LEVELS = ("low", "medium", "high")
+
+
+def _confidence_after(ranked: str, confirmed: dict[str, Any] | None) -> str:
+    if not confirmed or ranked not in _LEVELS:
+        return ranked
+    outcome = confirmed.get("outcome", "confirmed")
+    if outcome == "confirmed":
+        return "high"
+    if outcome == "not confirmed":
+        return _LEVELS[max(0, _LEVELS.index(ranked) - 1)]
+    return ranked  # inconclusive: the probe did not show the symptom; nothing learned
+
+
+# ------------------------------------------------------------------------------ interventions
+def _losses(curve: Any) -> list[float]:
+    raw = curve.get("losses") if isinstance(curve, dict) else getattr(curve, "losses", None)
+    return [_num(v) for v in raw or []]
+
+
+def _reached(losses: list[float], floor: float, target: float) -> int | None:
+    """The first step whose loss is within ``target`` of the floor (None: never, or the
+    loss turned non-finite first)."""
+    for i, v in enumerate(losses):
+        if not math.isfinite(v):
+            return None
+        if v - floor <= target:
+            return i
+    return None
+
+
+def _fit_words(losses: list[float], at: int | None) -> str:
+    if at is not None:
+        return f"fitted in {at} steps"
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    if bad is not None:
+        return f"not fitted: the loss became non-finite at step {bad}"
+    if len(losses) >= 2:
+        return f"not fitted in {len(losses) - 1} steps (loss {_fmt(losses[0])} -> {_fmt(losses[-1])})"
+    return "not fitted"
+
+
+# The fix must take the tiny batch to a common target both runs are judged against:
+# ``loss_fraction`` of the smaller starting loss above the floor (the unfixed run may
+# start far higher: 0-255 inputs give huge initial losses). When neither reaches it, the
+# fix must leave at most this share of the unfixed run's final loss (above the floor);
+# when both reach it, it must get there in at most this share of the steps (and 5 fewer).
+INTERVENTION_MAX_LEFT = 0.5
+INTERVENTION_SPEEDUP = 0.5
+
+
+def _judge_pair(before: Any, after: Any, floor: float, loss_fraction: float) -> tuple[str, str, str]:
+    """(outcome, before in words, after in words) of one before/after pair."""
+    lb, la = _losses(before), _losses(after)
+    starts = [v - floor for v in (lb[:1] + la[:1]) if math.isfinite(v)]
+    if not lb or not la or not starts:
+        return "inconclusive", "not measured", "not measured"
+    # A loss below its floor is unbounded (raw outputs fed to NLLLoss): "fitting" it
+    # means nothing; a fix that makes it bounded again is the confirmation.
+    below = [v for v in lb if math.isfinite(v) and v < floor - 1e-6]
+    if below:
+        bounded = all(math.isfinite(v) and v >= floor - 1e-6 for v in la)
+        return ("confirmed" if bounded else "inconclusive",
+                f"unbounded: the loss fell below its floor {_fmt(floor)} (to {_fmt(min(below))})",
+                f"bounded: loss {_fmt(la[0])} -> {_fmt(la[-1])}" if bounded else _fit_words(la, None))
+    target = max(float(loss_fraction), 0.0) * max(min(starts), 0.0)
+    fb, fa = _reached(lb, floor, target), _reached(la, floor, target)
+    before_words, after_words = _fit_words(lb, fb), _fit_words(la, fa)
+    end_b, end_a = lb[-1], la[-1]
+    if fb is not None:
+        # the tiny batch is fitted without the fix: it does not show the symptom
+        if fa is not None and fa <= INTERVENTION_SPEEDUP * fb and fb - fa >= 5:
+            return "confirmed", before_words, after_words
+        return "inconclusive", before_words, after_words
+    if fa is not None:
+        return "confirmed", before_words, after_words
+    if not math.isfinite(end_a):
+        return "not confirmed", before_words, after_words
+    if not math.isfinite(end_b):  # the fix must do more than avoid the blow-up: real progress
+        ok = end_a - floor <= INTERVENTION_MAX_LEFT * (la[0] - floor)
+    else:
+        ok = end_a - floor <= INTERVENTION_MAX_LEFT * (end_b - floor)
+    if ok:
+        after_words += f" (was {_fmt(end_b)} without the fix)"
+    return ("confirmed" if ok else "not confirmed"), before_words, after_words
+
+
+def _worse(after: Any, before: Any) -> bool:
+    la, lb = _losses(after), _losses(before)
+    return bool(la and lb and math.isfinite(la[-1]) and math.isfinite(lb[-1]) and la[-1] > lb[-1])
+
+
+def judge_intervention(trial: Any) -> dict[str, Any]:
+    """Did the fix remove the symptom? A pure function of an ``InterventionTrial``
+    (``nndoctor/_probe_records.py``; a plain dict of its shape works too). Both curves of
+    a pair are judged against one target, ``loss_fraction`` x the smaller starting loss
+    above the loss's floor (the unfixed run may start far higher).
+
+    - ``confirmed``: the fixed copy reaches the target and the unfixed one does not; or
+      neither does, but the fixed one ends with at most half the unfixed one's loss above
+      the floor (or, where the unfixed one blew up, removes at least half of its own
+      starting loss above the floor); or both reach
+      it and the fix needs at most half the steps (and 5 fewer); or the unfixed loss is
+      unbounded (below its floor) and the fixed one is not.
+    - ``inconclusive``: the unfixed copy reaches the target too, at a similar pace: the
+      tiny batch does not show the symptom, so the fix has nothing to remove.
+    - ``not confirmed``: the symptom is there and the fix does not remove it.
+
+    The pair measured with the user's optimizer decides; when it does not confirm and the
+    same pair measured with Adam(lr=1e-3) does, that one is reported (a fix may need a
+    step size of its own: standardised inputs at an LR tuned for 0-255 ones); when the fix
+    made the user's run worse and that pair shows no symptom at all, the outcome is
+    "inconclusive". Returns the
+    fields of ``Diagnosis.confirm`` (intervention, probe, before, after, outcome) and the
+    cause."""
+    from ._probe_records import InterventionTrial
+
+    t = InterventionTrial.coerce(trial)
+    floor = _num(t.loss_floor)
+    floor = floor if math.isfinite(floor) else 0.0
+    outcome, before, after = _judge_pair(t.before, t.after, floor, t.loss_fraction)
+    intervention = t.intervention
+    if outcome != "confirmed" and t.retry_before is not None and t.retry_after is not None:
+        retry = _judge_pair(t.retry_before, t.retry_after, floor, t.loss_fraction)
+        if retry[0] == "confirmed":
+            outcome, before, after = retry
+            intervention += " (trained with Adam(lr=1e-3))"
+        elif retry[0] == "inconclusive" and _worse(t.after, t.before):
+            # The fix made the user's run worse, and with a step size of its own the tiny
+            # batch shows no symptom: the signature of an LR tuned for the unfixed setup
+            # (0-255 inputs), not of a wrong cause.
+            outcome = "inconclusive"
+    return {"intervention": intervention, "probe": t.probe, "before": before, "after": after,
+            "outcome": outcome, "cause": t.cause}
 
 
 @dataclass
@@ -768,22 +920,68 @@ def _groups(findings: Sequence[Finding]) -> tuple[list[_Group], list[Finding]]:
 def candidates(findings: Sequence[Finding]) -> list[str]:
     """The root-cause candidates' check ids, most likely first (for interventions that
     try the leading candidates in turn)."""
-    groups, _ = _groups(list(findings))
+    groups, _ = _groups(sorted(findings, key=_sev_key))
     return [g.heads[0].check for g in groups]
+
+
+def candidate_findings(findings: Sequence[Finding]) -> list[Finding]:
+    """The head finding of each root-cause candidate, most likely first (the evidence an
+    intervention needs to pick its fix)."""
+    groups, _ = _groups(sorted(findings, key=_sev_key))
+    return [g.heads[0] for g in groups]
+
+
+# Symptoms whose *advice* is wrong while another cause stands: the LR sweep tunes a model
+# crippled by that cause (softmax before CrossEntropyLoss makes x10 look better, 0-255
+# inputs make x0.1 look better). Explained by any cause but these, an lr-sweep finding is
+# demoted to an "inconclusive" info that points at the cause. The causes listed here say
+# the same thing as the sweep (the learning rate), so they keep its verdict.
+DEMOTED_WHEN_EXPLAINED: dict[str, frozenset[str]] = {
+    "lr-sweep": frozenset({"lr-sweep", "update-ratio"}),
+}
+_AS_JUDGED = "as_judged"  # evidence key: the check's own verdict, before a demotion
+
+
+def _restore(f: Finding) -> None:
+    """Undo an earlier demotion (the diagnosis is recomputed on every sort or merge)."""
+    judged = (f.evidence or {}).pop(_AS_JUDGED, None)
+    f.evidence.pop("inconclusive_because", None)
+    if isinstance(judged, dict):
+        f.severity = Severity.parse(judged.get("severity", f.severity))
+        f.message = judged.get("message", f.message)
+        f.fix = judged.get("fix", f.fix)
+
+
+def _demote(f: Finding, cause: Finding) -> None:
+    f.evidence[_AS_JUDGED] = {"severity": f.severity.value, "message": f.message, "fix": f.fix}
+    f.evidence["inconclusive_because"] = cause.check
+    f.severity = Severity.INFO
+    f.message = (f"Inconclusive while `{cause.check}` stands: the sweep tuned a model that this cause "
+                 f"cripples, so its verdict says nothing about your learning rate. (It measured: "
+                 f"{f.message})")
+    f.fix = (f"Fix `{cause.check}` first ({_lower_first(_first_sentence(cause.fix))}), then re-run the "
+             "checkup to judge the learning rate.")
 
 
 def diagnose(findings: list[Finding]) -> Diagnosis | None:
     """Set ``explained_by`` on every explained finding, reorder ``findings`` in place
     (root cause, what it explains, then the rest), and return the diagnosis (None when
-    no finding is a warning or an error)."""
+    no finding is a warning or an error). A symptom whose advice the cause makes wrong
+    (``DEMOTED_WHEN_EXPLAINED``) becomes an "inconclusive" info; recomputing the
+    diagnosis first restores the check's own verdict, so this is idempotent."""
     for f in findings:
         f.explained_by = None
+        if _AS_JUDGED in (f.evidence or {}):
+            _restore(f)
     base = sorted(findings, key=_sev_key)
     groups, rest = _groups(base)
     ordered: list[Finding] = []
     for g in groups:
         for s in g.explained:
             s.explained_by = g.heads[0].check
+            keep = DEMOTED_WHEN_EXPLAINED.get(s.check)
+            if keep is not None and s.explained_by not in keep and s.severity is not Severity.INFO:
+                _demote(s, g.heads[0])
         ordered.extend(g.heads)
         ordered.extend(sorted(g.explained, key=_sev_key))
     ordered.extend(sorted(rest, key=_sev_key))

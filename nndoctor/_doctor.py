@@ -303,6 +303,10 @@ class Doctor:
             checkset = CheckSet.resolve(None, None, options.pop("thresholds"), base=checkset,
                                         where="checkup(...)")
         options.pop("thresholds", None)
+        # After a watch, the intervention that confirms the root cause must target the
+        # diagnosis of watch + checkup (what the merged report shows), not the checkup's alone.
+        if "prior_findings" not in options and self._observations is not None and self._recorder is None:
+            options["prior_findings"] = self.report().findings
         return run_checkup(
             model if model is not None else self.model, batch,
             optimizer=optimizer if optimizer is not None else self.optimizer,

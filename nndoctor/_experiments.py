@@ -22,7 +22,8 @@ gradient check     ``gradcheck``       ``gradient-check``
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,10 +31,10 @@ from torch import nn
 from ._checkset import CheckSet, internal_error, judge
 from ._observations import Observations
 from ._probe_records import ProbeSkipped, Record
-from ._report import Report
+from ._report import Finding, Report
 from .checks._base import Check
 from .checks.experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
-from .probes import ProbeContext, ProbeSkip, gradcheck, init_loss, isolated, lr_sweep, overfit, random_input
+from .probes import ProbeContext, ProbeSkip, gradcheck, init_loss, interventions, isolated, lr_sweep, overfit, random_input
 from .probes.lr_sweep import lr_suggestions
 
 __all__ = ["run_checkup", "EXPERIMENT_IDS", "DEFAULT_OPTIONS", "lr_suggestions"]
@@ -69,6 +70,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "gradcheck_full_max_elements": 1024,
     "gradcheck_max_tensors": 200,
     "thresholds": None,
+    # Confirm by intervention: the fix of at most this many leading root-cause candidates is
+    # applied to a copy and the tiny batch overfit again (0: no interventions).
+    "interventions": 2,
     # Seconds for all the probes together; checked between probes (a probe is never cut
     # short). The probes not started in time are skipped with the reason. None: no limit.
     "time_budget": None,
@@ -88,6 +92,7 @@ def run_checkup(
     ignore: Any = None,
     checks: "CheckSet | Mapping[str, Check] | None" = None,
     figures_dir: Any = None,
+    prior_findings: "Sequence[Finding] | None" = None,
     **options: Any,
 ) -> Report:
     """Run the experiments on copies of ``model`` and judge them.
@@ -102,6 +107,15 @@ def run_checkup(
     string) and ``thresholds=`` (resolved here into a check set). ``figures_dir``: PNG plots are written there
     and their paths put in ``report.experiments["figures"]``. Other keyword options are
     the probe knobs of ``DEFAULT_OPTIONS``.
+
+    Confirm by intervention: after the checks have judged, the leading root-cause
+    candidates of the diagnosis (at most ``interventions``, within ``time_budget``) get
+    the fix their finding proposes applied to a copy, and the tiny batch is overfit again
+    (``nndoctor.probes.interventions``); ``report.diagnosis.confirmed`` says whether the
+    fix removed the symptom (``report.experiments["interventions"]`` holds the curves).
+    ``prior_findings``: what a watch already found (``Doctor.checkup`` passes them), so
+    the intervention targets the diagnosis of watch + checkup, the report the CLI shows
+    after merging both; the returned report's ``diagnosis`` is then that joint diagnosis.
 
     The user's model, optimizer, RNG streams, ``training`` flags and ``requires_grad``
     map are left exactly as they were.
@@ -162,12 +176,74 @@ def run_checkup(
     report.checks_skipped.extend(verdict.skipped)
     report.notes.extend(verdict.notes)
     report.sort()
+    if int(opts["interventions"]) > 0 and OverfitTinyBatch.id in checks:
+        _confirm(report, ctx, checks[OverfitTinyBatch.id], obs, opts, prior_findings, model,
+                 budget=budget, started=started)
     report.experiments = {k: v for k, v in obs.experiments.items()}
     if figures_dir is not None:
         from .reporters.figures import save_figures
 
         report.experiments["figures"] = save_figures(report, figures_dir)
     return report
+
+
+def _confirm(
+    report: Report, ctx: ProbeContext, fit: Check, obs: Observations, opts: dict[str, Any],
+    prior: "Sequence[Finding] | None", model: nn.Module, *, budget: float | None, started: float,
+) -> None:
+    """Confirm by intervention: for the leading root-cause candidates of the diagnosis of
+    ``prior`` (the watch's findings) + this checkup's, apply the proposed fix on a copy,
+    overfit the tiny batch again, and record the verdict of ``judge_intervention`` on the
+    diagnosis. Never raises (a failed intervention is recorded as skipped)."""
+    from ._diagnosis import candidate_findings, diagnose, judge_intervention
+    from ._probe_records import InterventionRun, InterventionTrial
+
+    # Copies: the diagnosis below must not touch the findings of either report.
+    def fresh(f: Finding) -> Finding:
+        return dataclasses.replace(f, evidence=dict(f.evidence or {}))
+
+    pool = [fresh(f) for f in [*(prior or []), *report.findings]]
+    target = diagnose(pool) if prior else report.diagnosis
+    if target is None:
+        return
+    record = InterventionRun()
+    tried = 0
+    for head in candidate_findings(pool):
+        if tried >= int(opts["interventions"]):
+            break
+        if budget is not None and time.monotonic() - started > budget:
+            record.trials.append(InterventionTrial(cause=head.check, skipped=(
+                f"the experiments' time budget ({budget:g} s) ran out before this intervention")))
+            break
+        with isolated(model), torch.enable_grad():
+            torch.manual_seed(ctx.seed)
+            try:
+                trial = interventions.measure(
+                    ctx, head.check, head.evidence, n_samples=int(opts["overfit_samples"]),
+                    max_steps=int(fit.max_steps), loss_fraction=float(fit.loss_fraction),
+                    min_accuracy=float(fit.min_accuracy),
+                )
+            except ProbeSkip:
+                continue  # no fix to apply for this cause: try the next candidate
+            except Exception as exc:  # an intervention must never take the checkup down
+                record.trials.append(InterventionTrial(
+                    cause=head.check, skipped=internal_error(f"the intervention for {head.check}", exc)))
+                tried += 1
+                continue
+        record.trials.append(trial)
+        tried += 1
+        verdict = judge_intervention(trial)
+        verdict.pop("cause", None)
+        if head.check == target.cause:
+            target.confirm(**verdict)
+        elif target.confirmed is not None and verdict["outcome"] == "confirmed":
+            # the leading cause's fix did not help, the runner-up's did: say so
+            target.confirmed["runner_up_confirmed"] = {"cause": head.check, **verdict}
+        if verdict["outcome"] == "confirmed":
+            break
+    obs.experiments["interventions"] = record
+    if prior:
+        report.diagnosis = target
 
 
 def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple[str, Callable[[ProbeContext], Record]]]:

@@ -42,6 +42,8 @@ __all__ = [
     "GradcheckUnit",
     "GradcheckModel",
     "GradcheckRun",
+    "InterventionTrial",
+    "InterventionRun",
     "RECORD_TYPES",
 ]
 
@@ -147,22 +149,28 @@ class OverfitCurve(Record):
     accuracies: list[float | None] | None = None
     skipped: str | None = None
 
-    def fitted_at(self, loss_fraction: float, min_accuracy: float, max_steps: float) -> int | None:
+    def fitted_at(
+        self, loss_fraction: float, min_accuracy: float, max_steps: float, floor: float = 0.0,
+    ) -> int | None:
         """The first step (at most ``max_steps``) at which the loss fell to
-        ``loss_fraction`` of its start or the accuracy reached ``min_accuracy``; None
-        when it never did, or the loss is not finite before that. The probe stops on it
-        and the check judges by it, so the two cannot disagree."""
+        ``loss_fraction`` of its start *above the loss's floor* (the lowest value the loss
+        can take on these targets: 0 for most losses, the targets' entropy for BCE with
+        soft targets, the smoothed distribution's entropy with label smoothing), or the
+        accuracy reached ``min_accuracy``; None when it never did, or the loss is not
+        finite before that. The probe stops on it and the check judges by it, so the two
+        cannot disagree."""
         losses = self.losses or []
         if not losses or not _is_finite(losses[0]):
             return None
-        start = losses[0]
+        floor = float(floor) if _is_finite(floor) else 0.0
+        start = losses[0] - floor
         accuracies = self.accuracies
         for i, loss in enumerate(losses):
             if i > max_steps:
                 break
             if not _is_finite(loss):
                 return None
-            if abs(start) < 1e-8 or loss <= loss_fraction * start:
+            if abs(start) < 1e-8 or loss - floor <= loss_fraction * start:
                 return i
             if accuracies is not None and i < len(accuracies) and accuracies[i] is not None \
                     and accuracies[i] >= min_accuracy:
@@ -180,6 +188,11 @@ class OverfitRun(Record):
     task: str = "regression"
     runs: list[OverfitCurve] = field(default_factory=list)
     regularisation_off: list[str] = field(default_factory=list)
+    # The lowest value the loss can reach on this batch (targets' entropy for BCE with soft
+    # targets, the smoothed target's entropy with label smoothing, 0 otherwise) and how it
+    # was derived; "fitted" is judged on the loss above it.
+    loss_floor: float = 0.0
+    loss_floor_reason: str | None = None
     skipped: str | None = None
 
 
@@ -289,6 +302,44 @@ class GradcheckRun(Record):
     skipped: str | None = None
 
 
+@dataclass
+class InterventionTrial(Record):
+    """One counterfactual: the fix a root-cause finding proposes, applied to a copy, and
+    the probe that showed the symptom run before and after it (same seed, samples, steps
+    and stopping rule as ``overfit-tiny-batch``). Whether it confirms the cause is decided
+    by :func:`nndoctor._diagnosis.judge_intervention`, not here."""
+
+    _nested: ClassVar[dict[str, tuple[type, str]]] = {
+        "before": (OverfitCurve, "one"), "after": (OverfitCurve, "one"),
+        "retry_before": (OverfitCurve, "one"), "retry_after": (OverfitCurve, "one"),
+    }
+    cause: str = ""
+    intervention: str = ""  # "inputs standardised"
+    probe: str = "overfit-tiny-batch"
+    n_samples: int = 0
+    max_steps: int = 0
+    loss_fraction: float = 0.1
+    min_accuracy: float = 1.0
+    loss_floor: float = 0.0
+    before: OverfitCurve | None = None
+    after: OverfitCurve | None = None
+    # The same pair with Adam(lr=1e-3), for fixes that are not the learning rate: a fix
+    # can need another step size than the user's (standardised inputs at an LR tuned for
+    # 0-255 ones). None when the user's optimizer already is that Adam.
+    retry_before: OverfitCurve | None = None
+    retry_after: OverfitCurve | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class InterventionRun(Record):
+    """The interventions tried on the leading candidate causes, most likely first."""
+
+    _nested: ClassVar[dict[str, tuple[type, str]]] = {"trials": (InterventionTrial, "list")}
+    trials: list[InterventionTrial] = field(default_factory=list)
+    skipped: str | None = None
+
+
 # Observations.experiments key -> the record type a probe leaves there.
 RECORD_TYPES: dict[str, type[Record]] = {
     "init": InitLoss,
@@ -297,6 +348,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "lr_sweep": LrSweepRun,
     "lr_range": LrRangeTest,
     "gradcheck": GradcheckRun,
+    "interventions": InterventionRun,
 }
 
 

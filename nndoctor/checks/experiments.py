@@ -107,8 +107,10 @@ class OverfitTinyBatch(Check):
     batch given to `checkup`, 8 by default) for at most `max_steps` steps with your
     optimizer's type and hyper-parameters (dropout switched off), and records the loss
     (and, for classification, the accuracy on that batch) at every step. The batch is
-    fitted when the loss falls to `loss_fraction` of its starting value or, for
-    classification, when every sample is classified correctly (`min_accuracy`). When your
+    fitted when the loss falls to `loss_fraction` of its starting value (measured above
+    the loss's floor on the batch: the targets' entropy for BCE with soft targets, the
+    smoothed target's entropy with label smoothing, 0 otherwise) or, for classification,
+    when every sample is classified correctly (`min_accuracy`). When your
     optimizer fails, the experiment is repeated with Adam(lr=1e-3) to tell a broken model
     from a badly set optimizer.
 
@@ -131,9 +133,11 @@ class OverfitTinyBatch(Check):
     ## Known false positives
     - Models with heavy stochastic regularisation in `forward` (beyond `nn.Dropout`,
       which the experiment switches off) may not reach the target in the step budget.
-    - Losses whose minimum is far from zero (label smoothing, entropy terms,
-      variational bounds) never fall to a small fraction of their start; raise
-      `loss_fraction` for them.
+    - Losses whose minimum is far from zero never fall to a small fraction of their
+      start. The experiment knows the floor of BCE with soft targets (the targets'
+      entropy), cross-entropy with label smoothing or soft targets, and KL (0), and judges
+      the loss above it; for other such losses (entropy terms, variational bounds) raise
+      `loss_fraction`.
     - Very deep models with a plain SGD at a small LR can need more than `max_steps`;
       the message then says that Adam fits it.
 
@@ -183,10 +187,11 @@ class OverfitTinyBatch(Check):
     )
     citations = (CHECKLIST, KARPATHY, CS231N, DEEPCHECKER)
 
-    def fitted_at(self, run: OverfitCurve | dict[str, Any]) -> int | None:
-        """The first step at which the run met this check's target, or None."""
+    def fitted_at(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> int | None:
+        """The first step at which the run met this check's target (the loss above
+        ``floor``, the loss's minimum on the batch, measured by the probe), or None."""
         curve = OverfitCurve.coerce(run)
-        return curve.fitted_at(self.loss_fraction, self.min_accuracy, self.max_steps)
+        return curve.fitted_at(self.loss_fraction, self.min_accuracy, self.max_steps, floor)
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
         data = _data(obs, "overfit", "overfit-tiny-batch", OverfitRun)
@@ -195,7 +200,8 @@ class OverfitTinyBatch(Check):
             raise Skip("the overfit experiment recorded no run")
         user = runs[0]
         _inconclusive_if_not_finite((user.losses or [math.nan])[0], "overfit")
-        if self.fitted_at(user) is not None:
+        floor = data.loss_floor if isinstance(data.loss_floor, (int, float)) and math.isfinite(data.loss_floor) else 0.0
+        if self.fitted_at(user, floor) is not None:
             return
         n = data.get("n_samples")
         steps = len(user.get("losses") or []) - 1
@@ -217,11 +223,14 @@ class OverfitTinyBatch(Check):
             "curve": _curve(user.get("losses") or []),
             "accuracy_curve": _curve(user["accuracies"]) if user.get("accuracies") else None,
             "regularisation_off": data.get("regularisation_off", []),
+            "loss_floor": floor,
+            "loss_floor_reason": data.loss_floor_reason,
         }
         head = (
             f"With {user.get('optimizer')}, the model did not fit {n} fixed samples in "
             f"{steps} steps: loss {_fmt(start)} -> {_fmt(final)}{acc_text}"
             f" (target: {self.loss_fraction:.0%} of the start"
+            + (f" above the loss's floor {_fmt(floor)}, {data.loss_floor_reason}" if floor else "")
             + (f" or {self.min_accuracy:.0%} accuracy" if user.get("accuracies") is not None else "")
             + ")."
         )
@@ -229,18 +238,31 @@ class OverfitTinyBatch(Check):
         if retry is not None:
             evidence["retry_optimizer"] = retry.get("optimizer")
             evidence["retry_curve"] = _curve(retry.get("losses") or [])
-            at = self.fitted_at(retry)
+            at = self.fitted_at(retry, floor)
             evidence["retry_fitted_at"] = at
             if at is not None:
+                # The advice follows the evidence: a loss that blew up (non-finite, or ended
+                # above its start) calls for a smaller learning rate, never a larger one.
+                blew_up = not _finite(user.get("losses") or []) or (
+                    math.isfinite(final) and math.isfinite(start) and final > start)
+                evidence["diverged"] = blew_up
                 yield self.finding(
                     head
                     + f" {retry.get('optimizer')} fits the same samples in {at} steps, so the "
                     "model, loss and labels can learn: your learning rate or optimizer "
-                    "settings are the problem.",
+                    "settings are the problem"
+                    + (" (with yours the loss rose or blew up: the learning rate is too high)."
+                       if blew_up else "."),
                     severity=Severity.WARNING,
-                    fix="Raise the learning rate (see the `lr-sweep` finding and the LR range "
-                    "test in the report), or check momentum, weight decay and that every "
-                    "parameter is in the optimizer; Adam(lr=1e-3) is a safe baseline.",
+                    fix=(
+                        "Lower the learning rate (x0.1; see the `lr-sweep` finding and the LR range "
+                        "test in the report), or add warm-up or gradient clipping; Adam(lr=1e-3) "
+                        "is a safe baseline."
+                        if blew_up
+                        else "Raise the learning rate (see the `lr-sweep` finding and the LR range "
+                        "test in the report), or check momentum, weight decay and that every "
+                        "parameter is in the optimizer; Adam(lr=1e-3) is a safe baseline."
+                    ),
                     **evidence,
                 )
                 return
@@ -254,12 +276,18 @@ class OverfitTinyBatch(Check):
                 " The loss became NaN/Inf: look for log(0), division by zero or a learning "
                 "rate far too high (see `nan-trace`)."
             )
-        elif math.isfinite(best) and math.isfinite(start) and best <= 0.5 * start:
+        elif math.isfinite(best) and math.isfinite(start) and best - floor <= 0.5 * (start - floor):
             why = (
                 " The loss falls, but too slowly: the model may lack capacity, or "
                 "regularisation/normalisation holds it back; a learning rate that is too "
                 "low also looks like this."
             )
+            if data.get("task") == "regression":
+                # A regression (a reconstruction, soft targets) that halved its loss above
+                # the floor is learning: slow, not broken. No accuracy can say "fitted"
+                # for it, so a warning, not an error (healthy autoencoders land here).
+                yield self.finding(head + why, severity=Severity.WARNING, **evidence)
+                return
         else:
             why = (
                 " The loss barely moves, which points to a bug rather than a tuning issue: "
@@ -599,6 +627,17 @@ class LrSweep(Check):
         progress = (start - mean) / abs(start) if start else 0.0
         return progress, mean, noise
 
+    @staticmethod
+    def _progress_words(stat: tuple[float, float, float], start: float) -> str:
+        """What a trial did to the loss, in words that stay true when it did not fall:
+        "the loss falls by 42%" / "the loss stays finite (2.3 -> 2.9)"."""
+        progress, mean, _ = stat
+        if math.isfinite(progress) and progress > 0:
+            return f"it falls by {progress:.0%} ({_fmt(start)} -> {_fmt(mean)})"
+        if math.isfinite(mean):
+            return f"it stays finite ({_fmt(start)} -> {_fmt(mean)})"
+        return "it diverges too"
+
     def evaluate(self, obs: Any) -> Iterable[Finding]:
         sweep = _data(obs, "lr_sweep", "lr-sweep", LrSweepRun)
         experiments = getattr(obs, "experiments", {}) or {}
@@ -651,11 +690,17 @@ class LrSweep(Check):
                     (
                         f"At your learning rate ({_fmt(base_lr)}) the loss diverges "
                         f"({_fmt(start)} -> {_fmt(mean1)} in {sweep.get('steps')} steps), while "
-                        f"LR x0.1 ({_fmt(lr_low)}) removes {stats['0.1'][0]:.0%} of it."
+                        f"at LR x0.1 ({_fmt(lr_low)}) "
+                        + self._progress_words(stats["0.1"], start)
+                        + "."
                         if diverged
                         else f"LR x0.1 ({_fmt(lr_low)}) trains clearly better than your LR "
-                        f"({_fmt(base_lr)}): it removes {stats['0.1'][0]:.0%} of the starting "
-                        f"loss in {sweep.get('steps')} steps against {p1:.0%} (gap "
+                        f"({_fmt(base_lr)}): "
+                        + (f"it removes {stats['0.1'][0]:.0%} of the starting loss"
+                           if stats["0.1"][0] >= 0 else f"it raises the loss by only {-stats['0.1'][0]:.0%}")
+                        + f" in {sweep.get('steps')} steps, "
+                        + (f"yours {p1:.0%}" if p1 >= 0 else f"while yours raises it by {-p1:.0%}")
+                        + f" (gap "
                         f"{_fmt(z)}x the trial noise), although its steps are 10x smaller. "
                         "Your LR is too high."
                     )
@@ -666,7 +711,11 @@ class LrSweep(Check):
                     **evidence,
                 )
                 return
-        if "10" in stats and p1 < self.stalled_progress:
+        # Never "raise the learning rate" on a run that diverged (x1 blew up even though
+        # x0.1 did too, or your LR is at or above the range test's blow-up point).
+        diverged_at = rng.get("diverged_at") if rng else None
+        blew_up = diverged or bool(diverged_at and base_lr and base_lr >= diverged_at)
+        if "10" in stats and p1 < self.stalled_progress and not blew_up:
             gain, z = margin("10")
             if gain >= self.min_gain and z >= self.min_noise_ratio:
                 evidence.update(better="x10", gain=gain, noise_ratio=z)
@@ -686,7 +735,7 @@ class LrSweep(Check):
         if base_lr and values and len(values) == len(sugg):
             spread = math.log10(max(values) / min(values))
             below = math.log10(min(values) / base_lr)
-            if spread <= self.max_spread_decades and below >= self.range_decades:
+            if spread <= self.max_spread_decades and below >= self.range_decades and not blew_up:
                 evidence.update(better="range-test", decades_below=below)
                 yield self.finding(
                     f"Your learning rate ({_fmt(base_lr)}) is {below:.1f} decades below every "

@@ -15,11 +15,13 @@ module              measures                            record
 ``random_input``    real vs noise vs zero inputs        ``RandomInputRun``
 ``lr_sweep``        LR x0.1/x1/x10, LR range test       ``LrSweepRun``, ``LrRangeTest``
 ``gradcheck``       analytic vs numerical gradients     ``GradcheckRun``
+``interventions``   a root cause's fix, before/after    ``InterventionTrial``
 ==================  ==================================  ====================
 """
 
-from . import gradcheck, init_loss, lr_sweep, overfit, random_input
+from . import gradcheck, init_loss, interventions, lr_sweep, overfit, random_input
 from .context import ProbeContext
 from .isolation import ProbeSkip, isolated
 
-__all__ = ["ProbeContext", "ProbeSkip", "isolated", "init_loss", "overfit", "random_input", "lr_sweep", "gradcheck"]
+__all__ = ["ProbeContext", "ProbeSkip", "isolated", "init_loss", "overfit", "random_input", "lr_sweep", "gradcheck",
+           "interventions"]

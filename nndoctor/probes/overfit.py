@@ -3,16 +3,83 @@
 Settings come from the ``overfit-tiny-batch`` check's thresholds (``max_steps``, and the
 target ``loss_fraction`` / ``min_accuracy`` the run may stop at); whether the batch was
 fitted is the check's call (:meth:`OverfitCurve.fitted_at` with the same numbers).
+
+The loss's floor on this batch (:func:`loss_floor`) is measured here and recorded: BCE
+with soft targets cannot go below the targets' entropy, cross-entropy with label
+smoothing below the smoothed target's entropy, so "fitted" is judged on the loss above
+that floor (a conv autoencoder with ``Sigmoid`` + ``BCELoss`` on gray levels in [0, 1] is
+not "unable to fit" because its loss stays at the pixels' entropy).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from .._probe_records import OverfitCurve, OverfitRun
-from .context import ProbeContext, train_curve
+from .context import ProbeContext, call, train_curve
 
-__all__ = ["measure"]
+__all__ = ["measure", "loss_floor"]
+
+
+def _binary_floor(targets: torch.Tensor, pos_weight: Any, weight: Any) -> torch.Tensor:
+    """Per-element minimum of -(w t log p + (1 - t) log(1 - p)) over p in [0, 1]: at
+    p = w t / (w t + 1 - t) (p = t without ``pos_weight``)."""
+    t = targets.detach().double().clamp(0.0, 1.0)
+    w = pos_weight.detach().double() if isinstance(pos_weight, torch.Tensor) else torch.ones((), dtype=torch.float64)
+    w = w.to(t.device)
+    p = (w * t / (w * t + (1 - t)).clamp_min(1e-300)).clamp(0.0, 1.0)
+    per = -(w * torch.xlogy(t, p) + torch.xlogy(1 - t, 1 - p))
+    if isinstance(weight, torch.Tensor):
+        per = per * weight.detach().double().to(t.device)
+    return per
+
+
+def _entropy(q: torch.Tensor, dim: int) -> torch.Tensor:
+    return -torch.xlogy(q, q).sum(dim)
+
+
+def loss_floor(ctx: ProbeContext, inputs: Any, targets: Any) -> tuple[float, str | None]:
+    """The lowest value ``ctx.loss`` can take on ``targets`` (whatever the model outputs),
+    and a few words on why; (0.0, None) when the floor is 0 or unknown (a custom loss)."""
+    fn, kind = ctx.loss_fn, ctx.loss_kind
+    reduction = getattr(fn, "reduction", "mean")
+    if reduction not in ("mean", "sum") or not isinstance(targets, torch.Tensor):
+        return 0.0, None
+    reduce = (lambda v: float(v.mean())) if reduction == "mean" else (lambda v: float(v.sum()))
+    if kind in ("bce", "bce_logits") and targets.is_floating_point():
+        soft = bool(((targets > 1e-6) & (targets < 1 - 1e-6)).any())
+        if not soft:
+            return 0.0, None
+        per = _binary_floor(targets, getattr(fn, "pos_weight", None), getattr(fn, "weight", None))
+        return reduce(per), "the entropy of the soft targets (BCE cannot go below it)"
+    if kind == "cross_entropy":
+        smoothing = float(getattr(fn, "label_smoothing", 0.0) or 0.0)
+        if targets.is_floating_point() and targets.dim() >= 2:  # class probabilities
+            k = targets.shape[1]
+            q = targets.detach().double() * (1 - smoothing) + smoothing / k
+            if getattr(fn, "weight", None) is not None:
+                return 0.0, None
+            per = _entropy(q, 1)
+            return reduce(per), "the entropy of the target distributions (cross-entropy cannot go below it)"
+        if smoothing <= 0 or targets.is_floating_point():
+            return 0.0, None
+        probe = ctx.copy_model()
+        with torch.no_grad():
+            out = call(probe, inputs)
+        del probe
+        if not isinstance(out, torch.Tensor) or out.dim() < 2:
+            return 0.0, None
+        k = int(out.shape[1])
+        hit, miss = 1 - smoothing + smoothing / k, smoothing / k
+        per_sample = -(hit * math.log(hit) + (k - 1) * (miss * math.log(miss) if miss > 0 else 0.0))
+        ignore = getattr(fn, "ignore_index", -100)
+        count = int((targets != ignore).sum())
+        value = per_sample if reduction == "mean" else per_sample * count
+        return float(value), f"label smoothing {smoothing:g} over {k} classes (the smoothed target's entropy)"
+    return 0.0, None
 
 
 def measure(
@@ -26,10 +93,15 @@ def measure(
     n = min(int(n_samples), ctx.batch_size)
     inputs, targets = ctx.take(0, n)
     steps = int(max_steps)
+    floor, why = loss_floor(ctx, inputs, targets)
+    # Soft binary targets (gray levels, mixup): thresholded "accuracy" says nothing about
+    # fitting them; only the loss above its floor does.
+    use_accuracy = why is None or ctx.loss_kind not in ("bce", "bce_logits")
 
     def reached(losses: list[float], accs: list[float | None]) -> bool:
-        curve = OverfitCurve(losses=losses, accuracies=accs if accs[0] is not None else None)
-        return curve.fitted_at(loss_fraction, min_accuracy, steps) is not None
+        keep = accs if use_accuracy and accs and accs[0] is not None else None
+        curve = OverfitCurve(losses=losses, accuracies=keep)
+        return curve.fitted_at(loss_fraction, min_accuracy, steps, floor) is not None
 
     user = ctx.user_optimizer
     # The retry with Adam(lr=1e-3) tells a broken model from a badly set optimizer; it
@@ -39,8 +111,8 @@ def measure(
         and all(float(g.get("lr", 0)) == 1e-3 and not g.get("weight_decay") for g in user.param_groups)
     )
     record = OverfitRun(
-        n_samples=n, max_steps=steps, task="classification" if ctx.classification else "regression",
-        regularisation_off=["dropout"],
+        n_samples=n, max_steps=steps, task="classification" if ctx.classification and use_accuracy else "regression",
+        regularisation_off=["dropout"], loss_floor=floor, loss_floor_reason=why,
     )
     for adam in (False, True):
         if adam and same_as_retry:
@@ -53,7 +125,7 @@ def measure(
             optimizer=ctx.optimizer_name(opt),
             is_user=not adam and user is not None,
             losses=losses,
-            accuracies=accs if accs and accs[0] is not None else None,
+            accuracies=accs if use_accuracy and accs and accs[0] is not None else None,
         ))
         if reached(losses, accs):
             break

@@ -245,8 +245,9 @@ def diagnosis_section(report: Report) -> list[Any]:
     out: list[Any] = [Text(""), Hanging(head, first=0, rest=2)]
     if d.confirmed:
         c = d.confirmed
-        text = Text(f"confirmed: with {c.get('intervention')}, {c.get('probe')}: {c.get('after')} "
-                    f"(was: {c.get('before')})", style="green")
+        outcome = c.get("outcome", "confirmed")  # or "not confirmed" / "inconclusive"
+        text = Text(f"{outcome}: with {c.get('intervention')}, {c.get('probe')}: {c.get('after')} "
+                    f"(was: {c.get('before')})", style="green" if outcome == "confirmed" else "yellow")
         out.append(Hanging(text, first=2, rest=4))
     if d.explains:
         out.append(Hanging(Text("explains: " + ", ".join(d.explains)), first=2, rest=4))
