@@ -297,6 +297,17 @@ def unregistered_untrained(f: Finding) -> bool:
     return "module_class" in f.evidence and f.severity is Severity.ERROR
 
 
+# issue 10 (G2): frozen-layer mechanisms, loss inputs by value, prediction-collapse ---------
+@_pred("gradients computed, then zeroed between backward() and the optimizer step")
+def grads_wiped(f: Finding) -> bool:
+    return _ev(f, "mechanism") == "grads_zeroed_before_step"
+
+
+@_pred("a layer frozen (requires_grad=False) between trainable ones, or held by the optimizer")
+def frozen_by_mistake(f: Finding) -> bool:
+    return _ev(f, "mechanism") == "requires_grad_false" and f.severity is not Severity.INFO
+
+
 # ------------------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Link:
@@ -569,6 +580,20 @@ LINKS: tuple[Link, ...] = tuple([
         ("overfit-tiny-batch", ANY, "the experiments meet the same batch of one"),
         ("lr-sweep", ANY, "the experiments meet the same batch of one"),
         ("random-input-loss", ANY, "BatchNorm of one sample erases the input"),
+    ]),
+    # -- issue 10 (G2): mechanisms of never-updated parameters, loss inputs by value, and
+    #    collapsed predictions (one contiguous block) --------------------------------------
+    *_links("frozen-layer", grads_wiped, [
+        ("loss-not-decreasing", loss_stalled, "gradients wiped before every step never update the weights"),
+        ("overfit-tiny-batch", ANY, "the copies are trained by the experiments' own loop, but the watched run never updated"),
+        ("update-ratio", ratio_low, "gradients wiped before the step make no update"),
+        ("lr-sweep", lr_too_low, "with the gradients wiped every LR looks too low"),
+    ]),
+    *_links("frozen-layer", frozen_by_mistake, [
+        ("loss-not-decreasing", loss_stalled, "a frozen layer in the middle limits what the model can learn"),
+        ("overfit-tiny-batch", ANY, "a frozen layer in the middle limits what the model can fit"),
+        ("update-ratio", ratio_low, "frozen parameters have no update"),
+        ("lr-sweep", ANY, "with a layer frozen in the middle the sweep tunes the LR around it"),
     ]),
 ])
 

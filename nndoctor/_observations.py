@@ -109,6 +109,7 @@ class LossGraph:
     reduction: str | None = None
     nodes: list[str] = field(default_factory=list)
     input_shape: tuple[int, ...] | None = None  # shape of the tensor the library loss was fed
+    leaf: bool = False  # the loss has no grad_fn but requires grad: re-wrapped, cut from the model
 
 
 @dataclass
@@ -124,6 +125,9 @@ class StepRecord:
     # gradient L2 norm per parameter name (sampled steps only, to keep long runs small)
     grad_norms: dict[str, float] = field(default_factory=dict)
     grads_missing: list[str] = field(default_factory=list)  # requires_grad but grad is None (sampled steps)
+    # gradient L2 norm per parameter when the backward finished (sampled optimizer steps;
+    # compared with grad_norms at the optimizer's pre-step: gradients wiped in between)
+    grad_norms_at_backward: dict[str, float] = field(default_factory=dict)
     stale_grad_norm: float | None = None  # grads already present at the first backward after an update
     activations: list[ActivationRecord] = field(default_factory=list)
     update_norms: dict[str, float] = field(default_factory=dict)

@@ -552,7 +552,7 @@ BUGS = [
     Case("relu-before-cross-entropy", b_relu_before_cross_entropy, set(), root=("loss-input-format",)),
     Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, set(), root=("loss-input-format",)),
     Case("predicts-one-class", b_predicts_one_class, set(), root=("prediction-collapse",)),
-    Case("frozen-middle-layer", b_frozen_middle_layer, set(), root=("frozen-layer",)),
+    Case("frozen-middle-layer", b_frozen_middle_layer, {"frozen-layer"}),
 ]
 
 
@@ -703,4 +703,70 @@ HEALTHY = [
     Case("linear-probe-no-grad-trunk", h_linear_probe_no_grad_trunk, healthy=True),
     Case("manual-data-update-with-zeroing", h_manual_data_update, healthy=True),
     Case("manual-data-update-accumulation", h_manual_data_accumulation, healthy=True, steps_counted=60),
+]
+
+
+# ---------------------------------------------------------------------------- issue 10 (G2):
+# the mechanism of never-updated parameters, loss inputs wrong by value, collapsed predictions
+class NumpyRoundTripNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(20, 64), nn.ReLU())
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = torch.from_numpy(self.encoder(x).detach().numpy())  # the bug: a numpy round-trip
+        return self.head(h)
+
+
+def b_numpy_round_trip():
+    return classic(model=NumpyRoundTripNet())
+
+
+def b_loss_rewrapped():
+    """`torch.tensor(loss.item(), requires_grad=True)`: the loss no longer reaches the model."""
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss = torch.tensor(loss.item(), requires_grad=True)  # the bug
+        loss.backward()
+        opt.step()
+
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, step, opt, loss_fn)
+
+
+def b_scheduler_lr_to_zero():
+    """A per-epoch StepLR(gamma=0.01) stepped every batch: the LR is ~0 after a few steps."""
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.01)
+    inner = standard_loop(model, opt, nn.CrossEntropyLoss(), x, y)
+
+    def step(i):
+        inner(i)
+        sched.step()  # the bug: an epoch schedule stepped per batch
+
+    return Setup(model, step, opt, nn.CrossEntropyLoss())
+
+
+def b_frozen_params_held_by_optimizer():
+    """The head frozen by a leftover requires_grad_(False), still in the optimizer."""
+    model = mlp()
+    model[4].requires_grad_(False)
+    return classic(model=model)
+
+
+BUGS += [
+    Case("numpy-round-trip-in-forward", b_numpy_round_trip, {"frozen-layer"}),
+    Case("loss-rewrapped-with-torch-tensor", b_loss_rewrapped, {"frozen-layer"}),
+    Case("scheduler-drives-lr-to-zero", b_scheduler_lr_to_zero, {"frozen-layer"}),
+    Case("frozen-head-held-by-optimizer", b_frozen_params_held_by_optimizer, {"frozen-layer"}),
 ]

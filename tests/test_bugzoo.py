@@ -29,8 +29,6 @@ KNOWN_MISSES = {
     ("log-softmax-over-the-batch", "checkup"): "loss-input-format does not check the dim log_softmax normalises",
     ("predicts-one-class", "watch"): "no prediction-collapse check yet",
     ("predicts-one-class", "checkup"): "no prediction-collapse check yet",
-    ("frozen-middle-layer", "watch"): "frozen-layer reports a layer frozen between trainable ones as info",
-    ("frozen-middle-layer", "checkup"): "frozen-layer reports a layer frozen between trainable ones as info",
 }
 MODES = ("watch", "checkup")
 

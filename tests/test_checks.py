@@ -172,6 +172,33 @@ def frozen_case(kind) -> Observations:
         obs.params["fc1.weight"].requires_grad = False
         for rec in obs.steps:
             rec.grad_norms.pop("fc1.weight")
+    elif kind == "frozen-between":  # fc2 frozen between the trainable fc1 and fc3, not in the optimizer
+        for name in ("fc2.weight", "fc2.bias"):
+            obs.params[name].requires_grad = False
+            obs.params[name].in_optimizer = False
+            for rec in obs.steps:
+                rec.grad_norms.pop(name)
+    elif kind == "wiped":  # zero_grad() between backward() and step()
+        for rec in obs.steps:
+            rec.grad_norms_at_backward = dict(rec.grad_norms)
+            rec.grads_missing = list(rec.grad_norms)
+            rec.grad_norms = {}
+    elif kind == "wiped-to-zero":  # zero_grad(set_to_none=False) between backward() and step()
+        for rec in obs.steps:
+            rec.grad_norms_at_backward = dict(rec.grad_norms)
+            rec.grad_norms = {n: 0.0 for n in rec.grad_norms}
+    elif kind == "loss-leaf":  # torch.tensor(loss.item(), requires_grad=True)
+        for rec in obs.steps:
+            rec.grads_missing = list(rec.grad_norms)
+            rec.grad_norms = {}
+        obs.steps[0].loss_graph = LossGraph(kind="other", leaf=True)
+    elif kind in ("lr-decayed", "lr-zero"):
+        lr0 = 0.0 if kind == "lr-zero" else 0.1
+        for rec in obs.steps:
+            rec.lr = lr0 * 0.01 ** rec.step
+            rec.update_norms = {n: (0.01 if rec.lr > 1e-9 else 0.0) for n in obs.params}
+        obs.updates_seen = len(obs.steps)
+        obs.params_changed = {n: kind != "lr-zero" for n in obs.params}
     return obs
 
 
@@ -265,6 +292,12 @@ ROWS = [
     Row("frozen-layer", "fires-graph-cut", lambda: frozen_case("cut"), True, "error", "fc1"),
     Row("frozen-layer", "info-deliberately-frozen", lambda: frozen_case("requires-grad-false"), True, "info", "fc1"),
     Row("frozen-layer", "silent", base, False),
+    Row("frozen-layer", "fires-frozen-between-trainable", lambda: frozen_case("frozen-between"), True, "warning", "fc2"),
+    Row("frozen-layer", "fires-grads-wiped-before-step", lambda: frozen_case("wiped"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-grads-zeroed-before-step", lambda: frozen_case("wiped-to-zero"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-loss-detached", lambda: frozen_case("loss-leaf"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-lr-decayed", lambda: frozen_case("lr-decayed"), True, "warning"),
+    Row("frozen-layer", "fires-lr-zero", lambda: frozen_case("lr-zero"), True, "warning", "fc1"),
     Row("unused-parameter", "fires-never-called", lambda: unused("never-called"), True, "warning", "aux"),
     Row("unused-parameter", "fires-unregistered", lambda: unused("unregistered"), True, "error"),
     Row("unused-parameter", "silent-functional-use", lambda: unused("functional-use"), False),

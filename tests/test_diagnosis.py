@@ -57,7 +57,12 @@ SAMPLES = {
                                    kind="zero_gradient"),
         "never-changed": lambda: F("frozen-layer", W, "0", modules=["0"], parameter_names=["0.weight"],
                                    kind="never_changed"),
-        "deliberate": lambda: F("frozen-layer", I, "0", modules=["0"], parameters=10, kind="requires_grad_false"),
+        "deliberate": lambda: F("frozen-layer", I, "0", modules=["0"], parameters=10, kind="requires_grad_false",
+                                mechanism="requires_grad_false", placement="prefix"),
+        "frozen-between": lambda: F("frozen-layer", W, "2", modules=["2"], parameters=10, kind="requires_grad_false",
+                                    mechanism="requires_grad_false", placement="between"),
+        "grads-wiped": lambda: F("frozen-layer", E, "0", modules=["0", "2"], parameter_names=["0.weight"],
+                                 kind="grads_wiped", mechanism="grads_zeroed_before_step"),
     },
     "update-ratio": {
         "high": lambda: F("update-ratio", E, "2", median_ratio=3.2, early_median_ratio=3.2, direction="high"),

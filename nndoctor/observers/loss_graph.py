@@ -146,7 +146,11 @@ class LossGraphObserver(Observer):
     feeds = ("loss-input-format", "chance-level-loss", "label-distribution")
 
     def before_backward(self, cur: StepRecord, loss: Any, first_after_update: bool) -> None:
-        if loss is None or loss.grad_fn is None or cur.loss_graph is not None:
+        if loss is None or cur.loss_graph is not None:
+            return
+        if loss.grad_fn is None:
+            if loss.requires_grad:  # torch.tensor(loss.item(), requires_grad=True): cut from the model
+                cur.loss_graph = LossGraph(kind="other", leaf=True)
             return
         graph, nll = analyse_loss_graph(loss)
         cur.loss_graph = graph
