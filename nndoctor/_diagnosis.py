@@ -308,6 +308,13 @@ def frozen_by_mistake(f: Finding) -> bool:
     return _ev(f, "mechanism") == "requires_grad_false" and f.severity is not Severity.INFO
 
 
+@_pred("loss inputs wrong by value (non-negative logits, log-probabilities over the wrong dim, "
+       "class indices regressed, broadcast shapes)")
+def loss_input_by_value(f: Finding) -> bool:
+    return _ev(f, "problem") in ("non_negative_logits", "wrong_normalisation_dim", "class_indices_regressed",
+                                 "broadcast")
+
+
 # ------------------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Link:
@@ -594,6 +601,15 @@ LINKS: tuple[Link, ...] = tuple([
         ("overfit-tiny-batch", ANY, "a frozen layer in the middle limits what the model can fit"),
         ("update-ratio", ratio_low, "frozen parameters have no update"),
         ("lr-sweep", ANY, "with a layer frozen in the middle the sweep tunes the LR around it"),
+    ]),
+    *_links("loss-input-format", loss_input_by_value, [
+        ("loss-not-decreasing", ANY, "a loss fed values of the wrong form optimises the wrong objective"),
+        ("overfit-tiny-batch", ANY, "a loss fed values of the wrong form cannot be driven to its floor"),
+        ("lr-sweep", ANY, "no learning rate fixes a loss fed values of the wrong form"),
+        ("chance-level-loss", ANY, "the loss is computed on values of the wrong form, so its start is off"),
+        ("dead-relu", ANY, "the final ReLU before the loss cuts the negative logits"),
+        ("random-input-loss", ANY, "a loss fed values of the wrong form hides what the inputs carry"),
+        ("update-ratio", ANY, "a loss fed values of the wrong form sizes the gradients wrongly"),
     ]),
 ])
 

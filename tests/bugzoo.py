@@ -549,8 +549,8 @@ BUGS = [
     Case("wrong-custom-backward", b_wrong_custom_backward, set(), root=("gradient-check",)),
     # Bugs that no detector names yet (see KNOWN_MISSES in test_bugzoo.py).
     Case("labels-shuffled-separately", b_labels_shuffled_separately, set(), root=("random-input-loss",)),
-    Case("relu-before-cross-entropy", b_relu_before_cross_entropy, set(), root=("loss-input-format",)),
-    Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, set(), root=("loss-input-format",)),
+    Case("relu-before-cross-entropy", b_relu_before_cross_entropy, {"loss-input-format"}),
+    Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, {"loss-input-format"}),
     Case("predicts-one-class", b_predicts_one_class, set(), root=("prediction-collapse",)),
     Case("frozen-middle-layer", b_frozen_middle_layer, {"frozen-layer"}),
 ]
@@ -769,4 +769,48 @@ BUGS += [
     Case("loss-rewrapped-with-torch-tensor", b_loss_rewrapped, {"frozen-layer"}),
     Case("scheduler-drives-lr-to-zero", b_scheduler_lr_to_zero, {"frozen-layer"}),
     Case("frozen-head-held-by-optimizer", b_frozen_params_held_by_optimizer, {"frozen-layer"}),
+]
+
+
+def b_mse_on_class_indices():
+    """Class indices 0..3 regressed with MSELoss on one output."""
+    x, y = teacher_data()
+    model = mlp(k=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    inner = standard_loop(model, opt, loss_fn, x, y.float()[:, None])
+    return Setup(model, inner, opt, loss_fn)
+
+
+def b_mse_broadcast():
+    """(N, 1) predictions against (N,) targets: MSELoss broadcasts them to (N, N)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = x[:, :5].sum(1) / 2.0  # shape (N,)
+    return classic(model=mlp(k=1), data=(x, y), loss_fn=nn.MSELoss(), lr=0.01)
+
+
+def h_regression_mse():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x[:, :5].sum(1, keepdim=True) / 2.0)
+    return classic(model=mlp(k=1), data=(x, y), loss_fn=nn.MSELoss(), lr=0.01)
+
+
+def h_imbalanced_weighted_bce():
+    """10% positives with pos_weight: the minority class is predicted too."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x[:, 0] > 1.3).float()[:, None]
+    return classic(model=mlp(k=1), data=(x, y), lr=0.05,
+                   loss_fn=nn.BCEWithLogitsLoss(pos_weight=torch.tensor([9.0])))
+
+
+BUGS += [
+    Case("mse-on-class-indices", b_mse_on_class_indices, {"loss-input-format"}),
+    Case("mse-broadcast-n1-vs-n", b_mse_broadcast, {"loss-input-format"}),
+]
+HEALTHY += [
+    Case("regression-mse", h_regression_mse, healthy=True),
+    Case("imbalanced-bce-with-pos-weight", h_imbalanced_weighted_bce, healthy=True),
 ]

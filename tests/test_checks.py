@@ -14,6 +14,7 @@ from nndoctor._observations import (
     InputRecord,
     LabelRecord,
     LossGraph,
+    LossValueRecord,
     ModuleMeta,
     NonFiniteEvent,
     Observations,
@@ -78,6 +79,33 @@ def graph(kind, fed_by=None, k=10, multi=False, reduction="mean") -> Callable[[f
         obs.steps[0].loss_graph = LossGraph(kind=kind, fed_by=fed_by, n_classes=k, multi_term=multi, reduction=reduction)
         return obs
     return build
+
+
+def loss_values(case: str) -> Observations:
+    """The loss input judged by its values, on every sampled step (issue 10, 4b)."""
+    obs = base()
+    for rec in obs.steps:
+        if case in ("relu", "healthy-ce"):
+            relu_ = case == "relu"
+            rec.loss_graph = LossGraph(kind="cross_entropy", fed_by="log_softmax", n_classes=4, norm_dim=1,
+                                       upstream="ReluBackward0" if relu_ else "AddmmBackward0", input_shape=(32, 4))
+            rec.loss_values = LossValueRecord("classes", 32, 4, row_norm_error=0.0, col_norm_error=2.0,
+                                              logits_min=0.0 if relu_ else None,
+                                              logits_zero_fraction=0.5 if relu_ else None)
+        elif case in ("wrong-dim", "wrong-dim-values-only"):
+            rec.loss_graph = LossGraph(kind="nll", fed_by="log_softmax", n_classes=4, input_shape=(32, 4),
+                                       norm_dim=0 if case == "wrong-dim" else None)
+            rec.loss_values = LossValueRecord("classes", 32, 4, row_norm_error=2.3, col_norm_error=0.0)
+        elif case in ("indices", "real-targets", "two-values"):
+            rec.loss_graph = LossGraph(kind="mse", input_shape=(32, 1), target_shape=(32, 1))
+            rec.loss_values = LossValueRecord("regression", 32, 1, output_std=0.5, target_std=1.1,
+                                              target_integer=case != "real-targets", target_min=0.0,
+                                              target_max=3.0 if case == "indices" else 1.0,
+                                              target_classes={"indices": 4, "two-values": 2}.get(case, 30))
+        elif case in ("broadcast", "same-shape"):
+            rec.loss_graph = LossGraph(kind="mse", input_shape=(32, 32) if case == "broadcast" else (32, 1),
+                                       broadcast_from=(32, 1) if case == "broadcast" else None)
+    return obs
 
 
 def relu(dead, units=100, samples=64) -> Observations:
@@ -321,6 +349,15 @@ ROWS = [
     Row("loss-input-format", "fires-sigmoid-to-bce-logits", lambda: graph("bce_logits", "sigmoid")(), True, "error", "loss"),
     Row("loss-input-format", "fires-softmax-to-soft-ce", lambda: graph("soft_cross_entropy", "softmax")(), True, "error", "loss"),
     Row("loss-input-format", "silent", lambda: graph("cross_entropy", "log_softmax")(), False),
+    Row("loss-input-format", "fires-relu-before-ce", lambda: loss_values("relu"), True, "error", "loss"),
+    Row("loss-input-format", "silent-ce-on-raw-logits", lambda: loss_values("healthy-ce"), False),
+    Row("loss-input-format", "fires-log-softmax-dim-0", lambda: loss_values("wrong-dim"), True, "error", "loss"),
+    Row("loss-input-format", "fires-wrong-dim-by-values", lambda: loss_values("wrong-dim-values-only"), True, "error", "loss"),
+    Row("loss-input-format", "fires-mse-on-class-indices", lambda: loss_values("indices"), True, "warning", "loss"),
+    Row("loss-input-format", "silent-mse-on-real-targets", lambda: loss_values("real-targets"), False),
+    Row("loss-input-format", "silent-mse-on-binary-targets", lambda: loss_values("two-values"), False),
+    Row("loss-input-format", "fires-mse-broadcast", lambda: loss_values("broadcast"), True, "error", "loss"),
+    Row("loss-input-format", "silent-mse-same-shape", lambda: loss_values("same-shape"), False),
     Row("chance-level-loss", "fires", lambda: graph("cross_entropy", "log_softmax")(10.0), True, "warning"),
     Row("chance-level-loss", "silent", lambda: graph("cross_entropy", "log_softmax")(2.35), False),
     Row("chance-level-loss", "at-threshold", lambda: graph("cross_entropy", "log_softmax")(1.5 * math.log(10)), False),
