@@ -315,6 +315,16 @@ def loss_input_by_value(f: Finding) -> bool:
                                  "broadcast")
 
 
+@_pred("the targets are dominated by one class (the label prior bites)")
+def labels_imbalanced(f: Finding) -> bool:
+    return "imbalance" in f.evidence or "counts" in f.evidence
+
+
+@_pred("the predictions sit on the majority class of imbalanced labels")
+def collapse_on_prior(f: Finding) -> bool:
+    return _ev(f, "imbalance") is True
+
+
 # ------------------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Link:
@@ -610,6 +620,17 @@ LINKS: tuple[Link, ...] = tuple([
         ("dead-relu", ANY, "the final ReLU before the loss cuts the negative logits"),
         ("random-input-loss", ANY, "a loss fed values of the wrong form hides what the inputs carry"),
         ("update-ratio", ANY, "a loss fed values of the wrong form sizes the gradients wrongly"),
+        ("prediction-collapse", ANY, "a loss fed values of the wrong form drives the outputs to a constant"),
+    ]),
+    *_links("label-distribution", labels_imbalanced, [
+        ("prediction-collapse", collapse_on_prior, "with one class dominating the labels, always predicting it is a cheap minimum of an unweighted loss"),
+    ]),
+    *_links("prediction-collapse", ANY, [
+        ("loss-not-decreasing", ANY, "a model that predicts one class or a constant sits at the label prior's loss"),
+        ("overfit-tiny-batch", ANY, "a model stuck at a constant prediction cannot fit the batch"),
+        ("random-input-loss", ANY, "collapsed predictions ignore the input, so real inputs do no better than noise"),
+        ("chance-level-loss", ANY, "a constant prediction gives the prior's loss, not the uniform guess"),
+        ("lr-sweep", ANY, "collapsed predictions make every LR look alike"),
     ]),
 ])
 

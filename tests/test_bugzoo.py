@@ -23,8 +23,6 @@ KNOWN_MISSES = {
     ("wrong-custom-backward", "watch"): "only the gradient check, an experiment, sees a wrong backward",
     ("labels-shuffled-separately", "watch"): "nothing in watch mode looks at input/label pairing",
     ("labels-shuffled-separately", "checkup"): "random-input-loss holds out 16 samples and needs 32 to warn: info only",
-    ("predicts-one-class", "watch"): "no prediction-collapse check yet",
-    ("predicts-one-class", "checkup"): "no prediction-collapse check yet",
 }
 MODES = ("watch", "checkup")
 

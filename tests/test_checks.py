@@ -108,6 +108,29 @@ def loss_values(case: str) -> Observations:
     return obs
 
 
+def predictions(case: str) -> Observations:
+    """What the loss was fed on 8 sampled steps (prediction-collapse)."""
+    obs = base(8)
+    for rec in obs.steps:
+        late = rec.step >= 4
+        if case in ("imbalance", "imbalance-weighted", "minority-never-seen"):
+            pos = 0.0 if case == "minority-never-seen" else (1 / 32 if rec.step % 2 else 0.0)
+            rec.loss_values = LossValueRecord("binary", 32, 1, predicted_positive_rate=0.0 if late else 0.3,
+                                              positive_rate=pos, predicted_share=1.0 if late else 0.7,
+                                              predicted_class=0, target_share=1 - pos, target_class=0,
+                                              pos_weight=case == "imbalance-weighted")
+        elif case in ("one-class", "early-collapse", "balanced", "from-start"):
+            collapsed = (case == "one-class" and late) or (case == "early-collapse" and not late) or case == "from-start"
+            rec.loss_values = LossValueRecord("classes", 32, 4, predicted_share=0.97 if collapsed else 0.4,
+                                              predicted_class=2, target_share=0.3, target_class=rec.step % 4,
+                                              predicted_classes=1 if collapsed else 4, target_classes=4)
+        elif case in ("constant-output", "regression"):
+            rec.loss_values = LossValueRecord("regression", 32, 1, output_std=1e-4 if case == "constant-output" and late else 0.8,
+                                              target_std=1.0, target_integer=False, target_min=-2.0, target_max=2.0,
+                                              target_classes=5)
+    return obs
+
+
 def relu(dead, units=100, samples=64) -> Observations:
     obs = base()
     obs.relu_units = {"act": {"units": units, "dead": dead, "samples": samples}}
@@ -358,6 +381,15 @@ ROWS = [
     Row("loss-input-format", "silent-mse-on-binary-targets", lambda: loss_values("two-values"), False),
     Row("loss-input-format", "fires-mse-broadcast", lambda: loss_values("broadcast"), True, "error", "loss"),
     Row("loss-input-format", "silent-mse-same-shape", lambda: loss_values("same-shape"), False),
+    Row("prediction-collapse", "fires-imbalance", lambda: predictions("imbalance"), True, "warning"),
+    Row("prediction-collapse", "fires-imbalance-even-weighted", lambda: predictions("imbalance-weighted"), True, "warning"),
+    Row("prediction-collapse", "fires-one-class-of-balanced-targets", lambda: predictions("one-class"), True, "warning"),
+    Row("prediction-collapse", "fires-constant-regression", lambda: predictions("constant-output"), True, "warning"),
+    Row("prediction-collapse", "silent-balanced", lambda: predictions("balanced"), False),
+    Row("prediction-collapse", "info-one-class-from-the-start", lambda: predictions("from-start"), True, "info"),
+    Row("prediction-collapse", "silent-collapsed-early-only", lambda: predictions("early-collapse"), False),
+    Row("prediction-collapse", "silent-minority-never-seen", lambda: predictions("minority-never-seen"), False),
+    Row("prediction-collapse", "silent-regression", lambda: predictions("regression"), False),
     Row("chance-level-loss", "fires", lambda: graph("cross_entropy", "log_softmax")(10.0), True, "warning"),
     Row("chance-level-loss", "silent", lambda: graph("cross_entropy", "log_softmax")(2.35), False),
     Row("chance-level-loss", "at-threshold", lambda: graph("cross_entropy", "log_softmax")(1.5 * math.log(10)), False),

@@ -136,6 +136,14 @@ SAMPLES = {
         "unshuffled": lambda: F("label-distribution", W, batches=5),
         "imbalance": lambda: F("label-distribution", I, imbalance=49.0, counts={0: 98, 1: 2}, n_labels=100),
     },
+    "prediction-collapse": {
+        "imbalance": lambda: F("prediction-collapse", W, step=20, predicted_share=1.0, predicted_class=0,
+                               label_prior=0.98, steps=[3, 20], binary=True, pos_weight=False, imbalance=True),
+        "ignores-input": lambda: F("prediction-collapse", W, step=20, predicted_share=0.97, predicted_class=2,
+                                   label_prior=0.25, steps=[3, 20], binary=False, pos_weight=False, imbalance=False),
+        "constant-output": lambda: F("prediction-collapse", W, step=20, output_std=1e-4, target_std=1.0,
+                                     std_ratio=1e-4, steps=[3, 20]),
+    },
     "random-input-loss": {
         "labels-unpaired": lambda: F("random-input-loss", W, holdout_gain=-0.01, n_train=48, n_holdout=16),
         "input-ignored": lambda: F("random-input-loss", E, output_change={"noise": 0.0, "zeros": 0.0}),

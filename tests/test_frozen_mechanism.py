@@ -74,3 +74,21 @@ def test_frozen_backbone_and_linear_probe_stay_info(name):
     report = run_case(next(c for c in HEALTHY if c.name == name))
     (f,) = report.by_check("frozen-layer")
     assert f.severity is Severity.INFO and f.evidence["placement"] == "prefix"
+
+
+# ---------------------------------------------------------------------- prediction-collapse
+def test_prediction_collapse_names_the_label_prior_and_the_fix():
+    from test_checks import predictions
+
+    (f,) = REGISTRY["prediction-collapse"]().evaluate(predictions("imbalance"))
+    assert f.evidence["imbalance"] is True and f.evidence["label_prior"] > 0.95
+    assert "label prior" in f.message and "pos_weight" in f.fix
+    (g,) = REGISTRY["prediction-collapse"]().evaluate(predictions("imbalance-weighted"))
+    assert g.evidence["imbalance"] is False and "pos_weight" not in g.fix  # already weighted: look elsewhere
+
+
+def test_predicts_one_class_leads_with_prediction_collapse():
+    report = run_case(next(c for c in BUGS if c.name == "predicts-one-class"))
+    f = report.findings[0]
+    assert f.check == "prediction-collapse" and f.evidence["predicted_class"] == 0
+    assert f.evidence["binary"] and f.evidence["imbalance"]
