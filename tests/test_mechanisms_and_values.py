@@ -1,10 +1,17 @@
-"""frozen-layer names the mechanism that stops the parameters (issue 10, item 3): each
-mechanism has its own evidence key, message and fix, on hand-built observations (no
-model) and end to end on the bug zoo's setups."""
+"""Issue 10 (items 3, 4b, 4c, 4f): frozen-layer names the mechanism that stops the
+parameters (each with its own evidence key, message and fix); the loss input is judged by
+its values; prediction-collapse reads the predictions the loss sees. On hand-built
+observations (no model), on real models through the observers, and end to end on the
+bug zoo's setups."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nndoctor import Doctor
 
 from bugzoo import BUGS, HEALTHY, run_case
 from nndoctor import Severity
@@ -92,3 +99,60 @@ def test_predicts_one_class_leads_with_prediction_collapse():
     f = report.findings[0]
     assert f.check == "prediction-collapse" and f.evidence["predicted_class"] == 0
     assert f.evidence["binary"] and f.evidence["imbalance"]
+
+
+# ---------------------------------------------------------------------- the observers
+def _watch(model, loss_of, steps=6, opt_step=True):
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    doctor = Doctor(model, optimizer=opt)
+    with doctor.watch():
+        for i in range(steps):
+            opt.zero_grad()
+            loss = loss_of(model(x[i * 8:(i + 1) * 8 + 8]), y[i * 8:(i + 1) * 8 + 8])
+            loss.backward()
+            opt.step()
+    return doctor, model
+
+
+def test_loss_values_are_recorded_from_the_loss_node():
+    model = nn.Sequential(nn.Linear(20, 4), nn.ReLU())
+    doctor, _ = _watch(model, F.cross_entropy)
+    recs = [s.loss_values for s in doctor.report().observations.steps if s.loss_values is not None]
+    assert len(recs) >= 4
+    v = recs[0]
+    assert v.kind == "classes" and v.n == 16 and v.n_outputs == 4
+    assert v.row_norm_error < 1e-5 and v.logits_min >= 0.0 and 0.0 < v.logits_zero_fraction < 1.0
+    assert doctor.report().observations.first_loss_graph().upstream == "ReluBackward0"
+
+
+def test_log_softmax_dim_is_read_from_the_graph():
+    doctor, _ = _watch(nn.Linear(20, 4), lambda out, y: F.nll_loss(F.log_softmax(out, dim=0), y))
+    obs = doctor.report().observations
+    assert obs.first_loss_graph().norm_dim == 0
+    v = next(s.loss_values for s in obs.steps if s.loss_values is not None)
+    assert v.row_norm_error > 0.1 and v.col_norm_error < 1e-5
+
+
+def test_gradient_hooks_of_a_sampled_step_are_removed():
+    model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 4))
+    doctor, model = _watch(model, F.cross_entropy)
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+    steps = [s for s in doctor.report().observations.steps if s.grad_norms_at_backward]
+    assert steps and set(steps[0].grad_norms_at_backward) == {n for n, _ in model.named_parameters()}
+
+
+def test_wiped_gradients_are_seen_at_backward_end():
+    torch.manual_seed(0)
+    model = nn.Linear(20, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 20), torch.randint(0, 4, (32,))
+    doctor = Doctor(model, optimizer=opt)
+    with doctor.watch():
+        for _ in range(5):
+            F.cross_entropy(model(x), y).backward()
+            opt.zero_grad(set_to_none=False)  # zeros in place: the pre-step norms are 0
+            opt.step()
+    (f,) = doctor.report().by_check("frozen-layer")
+    assert f.evidence["mechanism"] == "grads_zeroed_before_step" and "are zero" in f.message
