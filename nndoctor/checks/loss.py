@@ -110,10 +110,10 @@ class LossInputFormat(Check):
         values = [r.loss_values for r in obs.steps if r.loss_values is not None]
         ev = {"loss_kind": graph.kind, "fed_by": graph.fed_by}
         if graph.kind in ("cross_entropy", "nll"):
-            cls = [v for v in values if v.kind == "classes"]
+            by_class = [v for v in values if v.kind == "classes"]
             dims = {g.norm_dim for g in graphs if g.norm_dim is not None}
-            rows = [v.row_norm_error for v in cls if v.row_norm_error is not None]
-            cols = [v.col_norm_error for v in cls if v.col_norm_error is not None]
+            rows = [v.row_norm_error for v in by_class if v.row_norm_error is not None]
+            cols = [v.col_norm_error for v in by_class if v.col_norm_error is not None]
             wrong_dim = any(d in (0, -2) for d in dims) if graph.input_shape is None or len(graph.input_shape) == 2 \
                 else any(d == 0 for d in dims)
             rows_off = bool(rows) and median(rows) > self.max_norm_error
@@ -129,8 +129,8 @@ class LossInputFormat(Check):
                     row_norm_error=median(rows) if rows else None, col_norm_error=median(cols) if cols else None,
                     fix="Normalise over the class dim: F.log_softmax(x, dim=1) (dim=-1 for (N, K) outputs), or "
                         "use CrossEntropyLoss on the raw logits.", **ev)
-            zeros = [v.logits_zero_fraction for v in cls if v.logits_zero_fraction is not None]
-            mins = [v.logits_min for v in cls if v.logits_min is not None]
+            zeros = [v.logits_zero_fraction for v in by_class if v.logits_zero_fraction is not None]
+            mins = [v.logits_min for v in by_class if v.logits_min is not None]
             relu = any(g.upstream == "ReluBackward0" for g in graphs)
             nonneg = bool(mins) and min(mins) >= 0.0
             if (relu or nonneg) and zeros and median(zeros) >= self.min_zero_logits:

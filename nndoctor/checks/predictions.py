@@ -95,11 +95,11 @@ class PredictionCollapse(Check):
         vals = [v for _, v in later]
         if any(v.predicted_share is None or v.predicted_class is None for v in vals):
             raise Skip("the predictions' class shares were not recorded")
-        cls = {v.predicted_class for v in vals}
+        classes = {v.predicted_class for v in vals}
         shares = [v.predicted_share for v in vals]
-        if len(cls) != 1 or min(shares) < self.min_predicted_share:
+        if len(classes) != 1 or min(shares) < self.min_predicted_share:
             return
-        c = cls.pop()
+        c = classes.pop()
         binary = all(v.kind == "binary" for _, v in recs)
         first = recs[0][1]
         # Already on this class at the first sampled step and never left it: the model is
