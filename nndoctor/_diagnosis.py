@@ -298,6 +298,34 @@ def unregistered_untrained(f: Finding) -> bool:
     return "module_class" in f.evidence and f.severity is Severity.ERROR
 
 
+# issue 10 (G2): frozen-layer mechanisms, loss inputs by value, prediction-collapse ---------
+@_pred("gradients computed, then zeroed between backward() and the optimizer step")
+def grads_wiped(f: Finding) -> bool:
+    return _ev(f, "mechanism") == "grads_zeroed_before_step"
+
+
+@_pred("a layer frozen (requires_grad=False) between trainable ones, or held by the optimizer")
+def frozen_by_mistake(f: Finding) -> bool:
+    return _ev(f, "mechanism") == "requires_grad_false" and f.severity is not Severity.INFO
+
+
+@_pred("loss inputs wrong by value (non-negative logits, log-probabilities over the wrong dim, "
+       "class indices regressed, broadcast shapes)")
+def loss_input_by_value(f: Finding) -> bool:
+    return _ev(f, "problem") in ("non_negative_logits", "wrong_normalisation_dim", "class_indices_regressed",
+                                 "broadcast")
+
+
+@_pred("the targets are dominated by one class (the label prior bites)")
+def labels_imbalanced(f: Finding) -> bool:
+    return "imbalance" in f.evidence or "counts" in f.evidence
+
+
+@_pred("the predictions sit on the majority class of imbalanced labels")
+def collapse_on_prior(f: Finding) -> bool:
+    return _ev(f, "imbalance") is True
+
+
 # ------------------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Link:
@@ -570,6 +598,40 @@ LINKS: tuple[Link, ...] = tuple([
         ("overfit-tiny-batch", ANY, "the experiments meet the same batch of one"),
         ("lr-sweep", ANY, "the experiments meet the same batch of one"),
         ("random-input-loss", ANY, "BatchNorm of one sample erases the input"),
+    ]),
+    # -- issue 10 (G2): mechanisms of never-updated parameters, loss inputs by value, and
+    #    collapsed predictions (one contiguous block) --------------------------------------
+    *_links("frozen-layer", grads_wiped, [
+        ("loss-not-decreasing", loss_stalled, "gradients wiped before every step never update the weights"),
+        ("overfit-tiny-batch", ANY, "the copies are trained by the experiments' own loop, but the watched run never updated"),
+        ("update-ratio", ratio_low, "gradients wiped before the step make no update"),
+        ("lr-sweep", lr_too_low, "with the gradients wiped every LR looks too low"),
+    ]),
+    *_links("frozen-layer", frozen_by_mistake, [
+        ("loss-not-decreasing", loss_stalled, "a frozen layer in the middle limits what the model can learn"),
+        ("overfit-tiny-batch", ANY, "a frozen layer in the middle limits what the model can fit"),
+        ("update-ratio", ratio_low, "frozen parameters have no update"),
+        ("lr-sweep", ANY, "with a layer frozen in the middle the sweep tunes the LR around it"),
+    ]),
+    *_links("loss-input-format", loss_input_by_value, [
+        ("loss-not-decreasing", ANY, "a loss fed values of the wrong form optimises the wrong objective"),
+        ("overfit-tiny-batch", ANY, "a loss fed values of the wrong form cannot be driven to its floor"),
+        ("lr-sweep", ANY, "no learning rate fixes a loss fed values of the wrong form"),
+        ("chance-level-loss", ANY, "the loss is computed on values of the wrong form, so its start is off"),
+        ("dead-relu", ANY, "the final ReLU before the loss cuts the negative logits"),
+        ("random-input-loss", ANY, "a loss fed values of the wrong form hides what the inputs carry"),
+        ("update-ratio", ANY, "a loss fed values of the wrong form sizes the gradients wrongly"),
+        ("prediction-collapse", ANY, "a loss fed values of the wrong form drives the outputs to a constant"),
+    ]),
+    *_links("label-distribution", labels_imbalanced, [
+        ("prediction-collapse", collapse_on_prior, "with one class dominating the labels, always predicting it is a cheap minimum of an unweighted loss"),
+    ]),
+    *_links("prediction-collapse", ANY, [
+        ("loss-not-decreasing", ANY, "a model that predicts one class or a constant sits at the label prior's loss"),
+        ("overfit-tiny-batch", ANY, "a model stuck at a constant prediction cannot fit the batch"),
+        ("random-input-loss", ANY, "collapsed predictions ignore the input, so real inputs do no better than noise"),
+        ("chance-level-loss", ANY, "a constant prediction gives the prior's loss, not the uniform guess"),
+        ("lr-sweep", ANY, "collapsed predictions make every LR look alike"),
     ]),
 ])
 

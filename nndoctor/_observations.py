@@ -20,6 +20,7 @@ __all__ = [
     "InputRecord",
     "LabelRecord",
     "LossGraph",
+    "LossValueRecord",
     "StepRecord",
     "NonFiniteEvent",
     "Observations",
@@ -109,6 +110,43 @@ class LossGraph:
     reduction: str | None = None
     nodes: list[str] = field(default_factory=list)
     input_shape: tuple[int, ...] | None = None  # shape of the tensor the library loss was fed
+    leaf: bool = False  # the loss has no grad_fn but requires grad: re-wrapped, cut from the model
+    norm_dim: int | None = None  # the dim log_softmax normalised over (as passed, may be negative)
+    upstream: str | None = None  # grad_fn name of the op right before log_softmax / the loss input
+    broadcast_from: tuple[int, ...] | None = None  # input shape before the loss broadcast it (MSE...)
+    target_shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class LossValueRecord:
+    """What the loss was fed, by value, on one sampled step (device reductions; NaN/None
+    where a quantity does not apply to the loss kind)."""
+
+    kind: str
+    n: int  # samples (rows) in the batch
+    n_outputs: int  # outputs per sample (classes, or regression outputs)
+    # classification: predictions (argmax, or the sign of a binary logit) vs targets
+    predicted_share: float | None = None  # share of the batch predicted as the most common class
+    predicted_class: int | None = None
+    target_share: float | None = None  # share of the targets in their most common class
+    target_class: int | None = None
+    predicted_classes: int | None = None  # distinct predicted classes
+    target_classes: int | None = None  # distinct target values (integer targets, up to 64)
+    positive_rate: float | None = None  # binary: share of targets > 0.5
+    predicted_positive_rate: float | None = None
+    pos_weight: bool = False  # BCEWithLogitsLoss got a pos_weight / weight
+    # log-probabilities: |logsumexp| over the class dim and over the batch dim (0 = normalised)
+    row_norm_error: float | None = None
+    col_norm_error: float | None = None
+    # the values right before log_softmax (a ReLU's output): minimum, share of exact zeros
+    logits_min: float | None = None
+    logits_zero_fraction: float | None = None
+    # regression: per-output std across the batch, of the predictions and of the targets
+    output_std: float | None = None
+    target_std: float | None = None
+    target_integer: bool | None = None  # every target is a whole number
+    target_min: float | None = None
+    target_max: float | None = None
 
 
 @dataclass
@@ -124,6 +162,9 @@ class StepRecord:
     # gradient L2 norm per parameter name (sampled steps only, to keep long runs small)
     grad_norms: dict[str, float] = field(default_factory=dict)
     grads_missing: list[str] = field(default_factory=list)  # requires_grad but grad is None (sampled steps)
+    # gradient L2 norm per parameter when the backward finished (sampled optimizer steps;
+    # compared with grad_norms at the optimizer's pre-step: gradients wiped in between)
+    grad_norms_at_backward: dict[str, float] = field(default_factory=dict)
     stale_grad_norm: float | None = None  # grads already present at the first backward after an update
     activations: list[ActivationRecord] = field(default_factory=list)
     update_norms: dict[str, float] = field(default_factory=dict)
@@ -131,6 +172,7 @@ class StepRecord:
     input: InputRecord | None = None
     labels: LabelRecord | None = None
     loss_graph: LossGraph | None = None
+    loss_values: LossValueRecord | None = None  # what the loss was fed, by value (sampled steps)
     output_shape: tuple[int, ...] | None = None
     bn_batch_one: list[str] = field(default_factory=list)
     lr: float | None = None

@@ -549,10 +549,10 @@ BUGS = [
     Case("wrong-custom-backward", b_wrong_custom_backward, set(), root=("gradient-check",)),
     # Bugs that no detector names yet (see KNOWN_MISSES in test_bugzoo.py).
     Case("labels-shuffled-separately", b_labels_shuffled_separately, set(), root=("random-input-loss",)),
-    Case("relu-before-cross-entropy", b_relu_before_cross_entropy, set(), root=("loss-input-format",)),
-    Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, set(), root=("loss-input-format",)),
-    Case("predicts-one-class", b_predicts_one_class, set(), root=("prediction-collapse",)),
-    Case("frozen-middle-layer", b_frozen_middle_layer, set(), root=("frozen-layer",)),
+    Case("relu-before-cross-entropy", b_relu_before_cross_entropy, {"loss-input-format"}),
+    Case("log-softmax-over-the-batch", b_log_softmax_wrong_dim, {"loss-input-format"}),
+    Case("predicts-one-class", b_predicts_one_class, {"prediction-collapse"}, steps=80),
+    Case("frozen-middle-layer", b_frozen_middle_layer, {"frozen-layer"}),
 ]
 
 
@@ -736,4 +736,114 @@ HEALTHY = [
     # activation-std: PyTorch's default init on inputs in [0, 1] gives small activations
     # (std ~0.03-0.07) in this healthy autoencoder; documented, not an error.
     Case("conv-autoencoder-sigmoid-bce", h_conv_autoencoder_bce, healthy=True, allow={"activation-std"}),
+]
+
+
+# ---------------------------------------------------------------------------- issue 10 (G2):
+# the mechanism of never-updated parameters, loss inputs wrong by value, collapsed predictions
+class NumpyRoundTripNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(20, 64), nn.ReLU())
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = torch.from_numpy(self.encoder(x).detach().numpy())  # the bug: a numpy round-trip
+        return self.head(h)
+
+
+def b_numpy_round_trip():
+    return classic(model=NumpyRoundTripNet())
+
+
+def b_loss_rewrapped():
+    """`torch.tensor(loss.item(), requires_grad=True)`: the loss no longer reaches the model."""
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss = torch.tensor(loss.item(), requires_grad=True)  # the bug
+        loss.backward()
+        opt.step()
+
+    loss_fn = nn.CrossEntropyLoss()
+    return Setup(model, step, opt, loss_fn)
+
+
+def b_scheduler_lr_to_zero():
+    """A per-epoch StepLR(gamma=0.01) stepped every batch: the LR is ~0 after a few steps."""
+    x, y = teacher_data()
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.01)
+    inner = standard_loop(model, opt, nn.CrossEntropyLoss(), x, y)
+
+    def step(i):
+        inner(i)
+        sched.step()  # the bug: an epoch schedule stepped per batch
+
+    return Setup(model, step, opt, nn.CrossEntropyLoss())
+
+
+def b_frozen_params_held_by_optimizer():
+    """The head frozen by a leftover requires_grad_(False), still in the optimizer."""
+    model = mlp()
+    model[4].requires_grad_(False)
+    return classic(model=model)
+
+
+BUGS += [
+    Case("numpy-round-trip-in-forward", b_numpy_round_trip, {"frozen-layer"}),
+    Case("loss-rewrapped-with-torch-tensor", b_loss_rewrapped, {"frozen-layer"}),
+    Case("scheduler-drives-lr-to-zero", b_scheduler_lr_to_zero, {"frozen-layer"}),
+    Case("frozen-head-held-by-optimizer", b_frozen_params_held_by_optimizer, {"frozen-layer"}),
+]
+
+
+def b_mse_on_class_indices():
+    """Class indices 0..3 regressed with MSELoss on one output."""
+    x, y = teacher_data()
+    model = mlp(k=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    inner = standard_loop(model, opt, loss_fn, x, y.float()[:, None])
+    return Setup(model, inner, opt, loss_fn)
+
+
+def b_mse_broadcast():
+    """(N, 1) predictions against (N,) targets: MSELoss broadcasts them to (N, N)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = x[:, :5].sum(1) / 2.0  # shape (N,)
+    return classic(model=mlp(k=1), data=(x, y), loss_fn=nn.MSELoss(), lr=0.01)
+
+
+def h_regression_mse():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x[:, :5].sum(1, keepdim=True) / 2.0)
+    return classic(model=mlp(k=1), data=(x, y), loss_fn=nn.MSELoss(), lr=0.01)
+
+
+def h_imbalanced_weighted_bce():
+    """10% positives with pos_weight: the minority class is predicted too."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 20, generator=g)
+    y = (x[:, 0] > 1.3).float()[:, None]
+    return classic(model=mlp(k=1), data=(x, y), lr=0.05,
+                   loss_fn=nn.BCEWithLogitsLoss(pos_weight=torch.tensor([9.0])))
+
+
+BUGS += [
+    Case("mse-on-class-indices", b_mse_on_class_indices, {"loss-input-format"}),
+    Case("mse-broadcast-n1-vs-n", b_mse_broadcast, {"loss-input-format"}),
+]
+HEALTHY += [
+    Case("regression-mse", h_regression_mse, healthy=True),
+    Case("imbalanced-bce-with-pos-weight", h_imbalanced_weighted_bce, healthy=True),
 ]

@@ -23,14 +23,6 @@ KNOWN_MISSES = {
     ("wrong-custom-backward", "watch"): "only the gradient check, an experiment, sees a wrong backward",
     ("labels-shuffled-separately", "watch"): "nothing in watch mode looks at input/label pairing",
     ("labels-shuffled-separately", "checkup"): "random-input-loss holds out 16 samples and needs 32 to warn: info only",
-    ("relu-before-cross-entropy", "watch"): "loss-input-format does not judge the loss input by its values",
-    ("relu-before-cross-entropy", "checkup"): "loss-input-format does not judge the loss input by its values",
-    ("log-softmax-over-the-batch", "watch"): "loss-input-format does not check the dim log_softmax normalises",
-    ("log-softmax-over-the-batch", "checkup"): "loss-input-format does not check the dim log_softmax normalises",
-    ("predicts-one-class", "watch"): "no prediction-collapse check yet",
-    ("predicts-one-class", "checkup"): "no prediction-collapse check yet",
-    ("frozen-middle-layer", "watch"): "frozen-layer reports a layer frozen between trainable ones as info",
-    ("frozen-middle-layer", "checkup"): "frozen-layer reports a layer frozen between trainable ones as info",
 }
 MODES = ("watch", "checkup")
 

@@ -14,6 +14,7 @@ from nndoctor._observations import (
     InputRecord,
     LabelRecord,
     LossGraph,
+    LossValueRecord,
     ModuleMeta,
     NonFiniteEvent,
     Observations,
@@ -78,6 +79,56 @@ def graph(kind, fed_by=None, k=10, multi=False, reduction="mean") -> Callable[[f
         obs.steps[0].loss_graph = LossGraph(kind=kind, fed_by=fed_by, n_classes=k, multi_term=multi, reduction=reduction)
         return obs
     return build
+
+
+def loss_values(case: str) -> Observations:
+    """The loss input judged by its values, on every sampled step (issue 10, 4b)."""
+    obs = base()
+    for rec in obs.steps:
+        if case in ("relu", "healthy-ce"):
+            relu_ = case == "relu"
+            rec.loss_graph = LossGraph(kind="cross_entropy", fed_by="log_softmax", n_classes=4, norm_dim=1,
+                                       upstream="ReluBackward0" if relu_ else "AddmmBackward0", input_shape=(32, 4))
+            rec.loss_values = LossValueRecord("classes", 32, 4, row_norm_error=0.0, col_norm_error=2.0,
+                                              logits_min=0.0 if relu_ else None,
+                                              logits_zero_fraction=0.5 if relu_ else None)
+        elif case in ("wrong-dim", "wrong-dim-values-only"):
+            rec.loss_graph = LossGraph(kind="nll", fed_by="log_softmax", n_classes=4, input_shape=(32, 4),
+                                       norm_dim=0 if case == "wrong-dim" else None)
+            rec.loss_values = LossValueRecord("classes", 32, 4, row_norm_error=2.3, col_norm_error=0.0)
+        elif case in ("indices", "real-targets", "two-values"):
+            rec.loss_graph = LossGraph(kind="mse", input_shape=(32, 1), target_shape=(32, 1))
+            rec.loss_values = LossValueRecord("regression", 32, 1, output_std=0.5, target_std=1.1,
+                                              target_integer=case != "real-targets", target_min=0.0,
+                                              target_max=3.0 if case == "indices" else 1.0,
+                                              target_classes={"indices": 4, "two-values": 2}.get(case, 30))
+        elif case in ("broadcast", "same-shape"):
+            rec.loss_graph = LossGraph(kind="mse", input_shape=(32, 32) if case == "broadcast" else (32, 1),
+                                       broadcast_from=(32, 1) if case == "broadcast" else None)
+    return obs
+
+
+def predictions(case: str) -> Observations:
+    """What the loss was fed on 8 sampled steps (prediction-collapse)."""
+    obs = base(8)
+    for rec in obs.steps:
+        late = rec.step >= 4
+        if case in ("imbalance", "imbalance-weighted", "minority-never-seen"):
+            pos = 0.0 if case == "minority-never-seen" else (1 / 32 if rec.step % 2 else 0.0)
+            rec.loss_values = LossValueRecord("binary", 32, 1, predicted_positive_rate=0.0 if late else 0.3,
+                                              positive_rate=pos, predicted_share=1.0 if late else 0.7,
+                                              predicted_class=0, target_share=1 - pos, target_class=0,
+                                              pos_weight=case == "imbalance-weighted")
+        elif case in ("one-class", "early-collapse", "balanced", "from-start"):
+            collapsed = (case == "one-class" and late) or (case == "early-collapse" and not late) or case == "from-start"
+            rec.loss_values = LossValueRecord("classes", 32, 4, predicted_share=0.97 if collapsed else 0.4,
+                                              predicted_class=2, target_share=0.3, target_class=rec.step % 4,
+                                              predicted_classes=1 if collapsed else 4, target_classes=4)
+        elif case in ("constant-output", "regression"):
+            rec.loss_values = LossValueRecord("regression", 32, 1, output_std=1e-4 if case == "constant-output" and late else 0.8,
+                                              target_std=1.0, target_integer=False, target_min=-2.0, target_max=2.0,
+                                              target_classes=5)
+    return obs
 
 
 def relu(dead, units=100, samples=64) -> Observations:
@@ -172,6 +223,33 @@ def frozen_case(kind) -> Observations:
         obs.params["fc1.weight"].requires_grad = False
         for rec in obs.steps:
             rec.grad_norms.pop("fc1.weight")
+    elif kind == "frozen-between":  # fc2 frozen between the trainable fc1 and fc3, not in the optimizer
+        for name in ("fc2.weight", "fc2.bias"):
+            obs.params[name].requires_grad = False
+            obs.params[name].in_optimizer = False
+            for rec in obs.steps:
+                rec.grad_norms.pop(name)
+    elif kind == "wiped":  # zero_grad() between backward() and step()
+        for rec in obs.steps:
+            rec.grad_norms_at_backward = dict(rec.grad_norms)
+            rec.grads_missing = list(rec.grad_norms)
+            rec.grad_norms = {}
+    elif kind == "wiped-to-zero":  # zero_grad(set_to_none=False) between backward() and step()
+        for rec in obs.steps:
+            rec.grad_norms_at_backward = dict(rec.grad_norms)
+            rec.grad_norms = {n: 0.0 for n in rec.grad_norms}
+    elif kind == "loss-leaf":  # torch.tensor(loss.item(), requires_grad=True)
+        for rec in obs.steps:
+            rec.grads_missing = list(rec.grad_norms)
+            rec.grad_norms = {}
+        obs.steps[0].loss_graph = LossGraph(kind="other", leaf=True)
+    elif kind in ("lr-decayed", "lr-zero"):
+        lr0 = 0.0 if kind == "lr-zero" else 0.1
+        for rec in obs.steps:
+            rec.lr = lr0 * 0.01 ** rec.step
+            rec.update_norms = {n: (0.01 if rec.lr > 1e-9 else 0.0) for n in obs.params}
+        obs.updates_seen = len(obs.steps)
+        obs.params_changed = {n: kind != "lr-zero" for n in obs.params}
     return obs
 
 
@@ -265,6 +343,12 @@ ROWS = [
     Row("frozen-layer", "fires-graph-cut", lambda: frozen_case("cut"), True, "error", "fc1"),
     Row("frozen-layer", "info-deliberately-frozen", lambda: frozen_case("requires-grad-false"), True, "info", "fc1"),
     Row("frozen-layer", "silent", base, False),
+    Row("frozen-layer", "fires-frozen-between-trainable", lambda: frozen_case("frozen-between"), True, "warning", "fc2"),
+    Row("frozen-layer", "fires-grads-wiped-before-step", lambda: frozen_case("wiped"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-grads-zeroed-before-step", lambda: frozen_case("wiped-to-zero"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-loss-detached", lambda: frozen_case("loss-leaf"), True, "error", "fc1"),
+    Row("frozen-layer", "fires-lr-decayed", lambda: frozen_case("lr-decayed"), True, "warning"),
+    Row("frozen-layer", "fires-lr-zero", lambda: frozen_case("lr-zero"), True, "warning", "fc1"),
     Row("unused-parameter", "fires-never-called", lambda: unused("never-called"), True, "warning", "aux"),
     Row("unused-parameter", "fires-unregistered", lambda: unused("unregistered"), True, "error"),
     Row("unused-parameter", "silent-functional-use", lambda: unused("functional-use"), False),
@@ -288,6 +372,24 @@ ROWS = [
     Row("loss-input-format", "fires-sigmoid-to-bce-logits", lambda: graph("bce_logits", "sigmoid")(), True, "error", "loss"),
     Row("loss-input-format", "fires-softmax-to-soft-ce", lambda: graph("soft_cross_entropy", "softmax")(), True, "error", "loss"),
     Row("loss-input-format", "silent", lambda: graph("cross_entropy", "log_softmax")(), False),
+    Row("loss-input-format", "fires-relu-before-ce", lambda: loss_values("relu"), True, "error", "loss"),
+    Row("loss-input-format", "silent-ce-on-raw-logits", lambda: loss_values("healthy-ce"), False),
+    Row("loss-input-format", "fires-log-softmax-dim-0", lambda: loss_values("wrong-dim"), True, "error", "loss"),
+    Row("loss-input-format", "fires-wrong-dim-by-values", lambda: loss_values("wrong-dim-values-only"), True, "error", "loss"),
+    Row("loss-input-format", "fires-mse-on-class-indices", lambda: loss_values("indices"), True, "warning", "loss"),
+    Row("loss-input-format", "silent-mse-on-real-targets", lambda: loss_values("real-targets"), False),
+    Row("loss-input-format", "silent-mse-on-binary-targets", lambda: loss_values("two-values"), False),
+    Row("loss-input-format", "fires-mse-broadcast", lambda: loss_values("broadcast"), True, "error", "loss"),
+    Row("loss-input-format", "silent-mse-same-shape", lambda: loss_values("same-shape"), False),
+    Row("prediction-collapse", "fires-imbalance", lambda: predictions("imbalance"), True, "warning"),
+    Row("prediction-collapse", "fires-imbalance-even-weighted", lambda: predictions("imbalance-weighted"), True, "warning"),
+    Row("prediction-collapse", "fires-one-class-of-balanced-targets", lambda: predictions("one-class"), True, "warning"),
+    Row("prediction-collapse", "fires-constant-regression", lambda: predictions("constant-output"), True, "warning"),
+    Row("prediction-collapse", "silent-balanced", lambda: predictions("balanced"), False),
+    Row("prediction-collapse", "info-one-class-from-the-start", lambda: predictions("from-start"), True, "info"),
+    Row("prediction-collapse", "silent-collapsed-early-only", lambda: predictions("early-collapse"), False),
+    Row("prediction-collapse", "silent-minority-never-seen", lambda: predictions("minority-never-seen"), False),
+    Row("prediction-collapse", "silent-regression", lambda: predictions("regression"), False),
     Row("chance-level-loss", "fires", lambda: graph("cross_entropy", "log_softmax")(10.0), True, "warning"),
     Row("chance-level-loss", "silent", lambda: graph("cross_entropy", "log_softmax")(2.35), False),
     Row("chance-level-loss", "at-threshold", lambda: graph("cross_entropy", "log_softmax")(1.5 * math.log(10)), False),

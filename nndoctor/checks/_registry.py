@@ -16,6 +16,7 @@ from .experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLo
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
 from .loss import ChanceLevelLoss, LossInputFormat, LossNotDecreasing
 from .parameters import FrozenLayer, TrainEvalMode, UnusedParameter, UpdateRatio, WeightInit
+from .predictions import PredictionCollapse
 
 # id -> class. Order is the catalogue's order (by family, then id).
 REGISTRY: dict[str, type[Check]] = {
@@ -44,6 +45,7 @@ REGISTRY: dict[str, type[Check]] = {
         ChanceLevelLoss,
         LossInputFormat,
         LossNotDecreasing,
+        PredictionCollapse,
         # experiments (nndoctor/checks/experiments.py) are added below this line
         OverfitTinyBatch,
         RandomInputLoss,

@@ -31,6 +31,14 @@ class LossInputFormat(Check):
     loss. It recognises the loss however it was written (`nn.CrossEntropyLoss`,
     `F.cross_entropy`, `F.nll_loss(F.log_softmax(...))`, a sum of terms).
 
+    It also judges the loss input *by its values* on sampled steps: logits that are
+    never negative (a final `ReLU` before a cross-entropy: the op before `log_softmax`
+    and the share of exact zeros), log-probabilities normalised over the wrong dim
+    (`log_softmax(x, dim=0)`: `logsumexp` over the class dim is not 0, over the batch
+    dim it is), a regression loss on whole-number class indices with one output, and a
+    prediction broadcast against a target of another shape (`(N, 1)` against `(N,)`:
+    the loss compares every prediction with every target).
+
     ## Why it matters
     The checklist: know what input a library loss expects; in PyTorch `NLLLoss` expects
     log-probabilities and `CrossEntropyLoss` raw logits. Softmax before
@@ -42,9 +50,14 @@ class LossInputFormat(Check):
     - Remove the final `Softmax` when using `CrossEntropyLoss` (apply softmax only for reporting probabilities).
     - Use `log_softmax` (not logits, not `log(softmax)`) before `NLLLoss`, or switch to `CrossEntropyLoss`.
     - Remove the final `Sigmoid` when using `BCEWithLogitsLoss`.
+    - Remove a final `ReLU` before `CrossEntropyLoss`: logits must be free to go negative.
+    - Normalise over the class dim: `F.log_softmax(x, dim=1)` (or `dim=-1` for `(N, K)`).
+    - Classify class indices with `CrossEntropyLoss` and K outputs, not `MSELoss` on one output.
+    - Make prediction and target the same shape: `out.squeeze(1)` or `y.unsqueeze(1)`.
 
     ## Known false positives
     - Knowledge-distillation or calibration code that feeds probabilities to a cross-entropy on purpose.
+    - Regression on genuine whole-number targets (counts, ratings) with `MSELoss` is reported as a warning.
 
     ## Example
     `model = nn.Sequential(..., nn.Linear(64, 10), nn.Softmax(dim=1))` trained with
@@ -60,6 +73,11 @@ class LossInputFormat(Check):
     family = "loss"
     severity = Severity.ERROR
     needs = ("steps",)
+    thresholds = (
+        Threshold("max_norm_error", 0.01, "mean |logsumexp| of the log-probabilities over the class dim above which they are not normalised over it", "nats"),
+        Threshold("min_zero_logits", 0.2, "share of exact zeros among non-negative logits (a ReLU's output) from which they are reported", "fraction"),
+        Threshold("min_index_classes", 3, "distinct whole-number targets of a one-output regression loss from which they look like class indices", "count"),
+    )
     citations = (CHECKLIST, Citation("PyTorch documentation, CrossEntropyLoss / NLLLoss / BCEWithLogitsLoss"))
 
     def evaluate(self, obs) -> Iterable[Finding]:
@@ -99,6 +117,72 @@ class LossInputFormat(Check):
                 "Softmax outputs are fed to BCELoss: softmax couples the classes; use sigmoid outputs (or "
                 "BCEWithLogitsLoss on logits) for independent binary targets.",
                 severity=Severity.WARNING, where="loss", **ev)
+        yield from self._by_value(obs, graph)
+
+    def _by_value(self, obs, graph) -> Iterable[Finding]:
+        """The loss input judged by its values over the sampled steps."""
+        graphs = [r.loss_graph for r in obs.steps if r.loss_graph is not None and r.loss_graph.kind == graph.kind]
+        values = [r.loss_values for r in obs.steps if r.loss_values is not None]
+        ev = {"loss_kind": graph.kind, "fed_by": graph.fed_by}
+        if graph.kind in ("cross_entropy", "nll"):
+            by_class = [v for v in values if v.kind == "classes"]
+            dims = {g.norm_dim for g in graphs if g.norm_dim is not None}
+            rows = [v.row_norm_error for v in by_class if v.row_norm_error is not None]
+            cols = [v.col_norm_error for v in by_class if v.col_norm_error is not None]
+            wrong_dim = any(d in (0, -2) for d in dims) if graph.input_shape is None or len(graph.input_shape) == 2 \
+                else any(d == 0 for d in dims)
+            rows_off = bool(rows) and median(rows) > self.max_norm_error
+            cols_on = bool(cols) and median(cols) <= self.max_norm_error
+            if (wrong_dim or (rows_off and cols_on)) and graph.fed_by != "logits":
+                dim = next(iter(dims)) if dims else None
+                yield self.finding(
+                    f"The log-probabilities fed to the loss are normalised over the batch dim, not the class dim "
+                    f"(log_softmax(x, dim={dim if dim is not None else 0})): per sample they do not sum to 1 in "
+                    f"probability space (mean |logsumexp| {fmt(median(rows)) if rows else '?'}) while each class "
+                    f"column does: the samples compete with each other instead of the classes.",
+                    severity=Severity.ERROR, where="loss", problem="wrong_normalisation_dim", norm_dim=dim,
+                    row_norm_error=median(rows) if rows else None, col_norm_error=median(cols) if cols else None,
+                    fix="Normalise over the class dim: F.log_softmax(x, dim=1) (dim=-1 for (N, K) outputs), or "
+                        "use CrossEntropyLoss on the raw logits.", **ev)
+            zeros = [v.logits_zero_fraction for v in by_class if v.logits_zero_fraction is not None]
+            mins = [v.logits_min for v in by_class if v.logits_min is not None]
+            relu = any(g.upstream == "ReluBackward0" for g in graphs)
+            nonneg = bool(mins) and min(mins) >= 0.0
+            if (relu or nonneg) and zeros and median(zeros) >= self.min_zero_logits:
+                yield self.finding(
+                    f"The logits fed to the cross-entropy are never negative and {median(zeros):.0%} of them are "
+                    f"exactly 0 (a final ReLU before the loss): a class can only be ruled out by lifting all the "
+                    f"others, and units stuck at 0 pass no gradient.",
+                    severity=Severity.ERROR, where="loss", problem="non_negative_logits",
+                    zero_fraction=median(zeros), logits_min=min(mins) if mins else None, relu=relu,
+                    fix="Remove the final ReLU (or other non-negative activation): feed the last Linear layer's "
+                        "raw output to CrossEntropyLoss.", **ev)
+        if graph.kind in ("mse", "smooth_l1", "huber", "l1"):
+            casts = [g for g in graphs if g.broadcast_from is not None]
+            if casts:
+                g = casts[0]
+                yield self.finding(
+                    f"The loss broadcast the prediction of shape {tuple(g.broadcast_from)} against a target of "
+                    f"another shape into {tuple(g.input_shape or ())}: every prediction is compared with every "
+                    f"target, so the model can only learn their mean.",
+                    severity=Severity.ERROR, where="loss", problem="broadcast",
+                    prediction_shape=list(g.broadcast_from), broadcast_shape=list(g.input_shape or ()),
+                    fix="Give prediction and target the same shape: loss_fn(out.squeeze(1), y) or "
+                        "loss_fn(out, y.unsqueeze(1)).", **ev)
+                return
+            reg = [v for v in values if v.kind == "regression"]
+            if (reg and all(v.n_outputs == 1 and v.target_integer and (v.target_min or 0) >= 0 for v in reg)
+                    and max(v.target_classes or 0 for v in reg) >= self.min_index_classes
+                    and max(v.target_max or 0 for v in reg) <= 64):
+                k = max(v.target_classes or 0 for v in reg)
+                yield self.finding(
+                    f"A regression loss ({graph.kind}) compares one output with whole-number targets in "
+                    f"[{fmt(min(v.target_min or 0 for v in reg))}, {fmt(max(v.target_max or 0 for v in reg))}] "
+                    f"({k} distinct values): class indices regressed as numbers impose a false order and "
+                    f"distance between the classes.",
+                    severity=Severity.WARNING, where="loss", problem="class_indices_regressed", distinct_targets=k,
+                    fix="For classes, output K logits and use CrossEntropyLoss with the integer labels; keep "
+                        "MSELoss for genuine quantities.", **ev)
 
 
 class ChanceLevelLoss(Check):

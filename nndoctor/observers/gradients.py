@@ -1,6 +1,10 @@
 """Gradient norms: the L2 norm of every parameter's gradient in one ``_foreach_norm``
 call on every step (kept per parameter on sampled steps only), and the gradients already
-present at the first backward after an update (gradients not zeroed)."""
+present at the first backward after an update (gradients not zeroed). On sampled steps a
+post-accumulate-grad hook per parameter also keeps the norm each gradient had when the
+backward finished, so gradients that existed but were wiped before the optimizer step
+(``zero_grad()`` between ``backward()`` and ``step()``) are told apart from gradients that
+never arrived (a cut graph)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,31 @@ class GradientObserver(Observer):
     name = "gradients"
     feeds = ("exploding-gradient", "vanishing-gradient", "nan-trace", "frozen-layer", "grad-not-zeroed")
     every_step = True
+
+    def __init__(self, recorder: Any) -> None:
+        super().__init__(recorder)
+        self._at_backward: dict[str, torch.Tensor] = {}
+
+    def step_hooks(self, model: Any) -> list[Any]:
+        # Sampled steps only (removed when the step ends): one 0-d norm per parameter
+        # whose gradient was accumulated, kept on the device until the optimizer step.
+        self._at_backward = {}
+        handles = []
+        store = self._at_backward
+        for name, p in self.rec.params:
+            if not p.requires_grad or not hasattr(p, "register_post_accumulate_grad_hook"):
+                continue
+
+            def hook(param: torch.Tensor, name: str = name) -> None:
+                try:
+                    if param.grad is not None:
+                        with torch.no_grad():
+                            store[name] = torch.linalg.vector_norm(param.grad.detach()).float()
+                except Exception:  # a hook never raises into the user's backward
+                    pass
+
+            handles.append(p.register_post_accumulate_grad_hook(hook))
+        return handles
 
     def before_backward(self, cur: StepRecord, loss: Any, first_after_update: bool) -> None:
         if not cur.sampled:
@@ -67,6 +96,19 @@ class GradientObserver(Observer):
 
     def before_update(self, cur: StepRecord) -> None:
         self._measure(cur)
+        seen = dict(self._at_backward)
+        self._at_backward.clear()  # the hooks hold this dict: clear it in place
+        if cur.sampled and seen:
+            names = list(seen)
+            vec = torch.stack([seen[n] for n in names])
+
+            def sink(v: list[float]) -> None:
+                cur.grad_norms_at_backward = dict(zip(names, v))
+
+            self.add(vec, sink)
+
+    def release(self) -> None:
+        self._at_backward.clear()
 
     def _measure(self, cur: StepRecord) -> None:
         names, grads, missing = [], [], []
