@@ -87,6 +87,9 @@ class InputRecord:
     zero_fraction: float
     fingerprint: tuple[float, float]
     is_float: bool = True
+    # The model's input is the very tensor object of the previous observed step (kept by
+    # weak reference; a data pointer alone can be reused by the allocator). None: unknown.
+    same_tensor: bool | None = None
 
 
 @dataclass
@@ -217,6 +220,10 @@ class Observations:
     # Observer units that failed during the watch: unit name -> {"error": repr of the
     # exception, "where": the event, "checks": ids of the checks that read its data}.
     observer_failures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # One dict per torch DataLoader iterated while watching, or alive when the watch
+    # ended: {"dataset_len": int | None, "batch_size": int | None, "iterations": int}.
+    # None: not observed (an older observer); []: no DataLoader in play.
+    data_loaders: list[dict[str, Any]] | None = None
     experiments: dict[str, Any] = field(default_factory=dict)
     # Check id -> {threshold name: value} the checks judged with (a user's overrides
     # included), so reporters draw the lines the checks actually used.

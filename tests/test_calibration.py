@@ -292,3 +292,44 @@ def test_counts_in_messages_use_thousands_separators():
     obs.unregistered_modules = [{"class": "Linear", "parameters": 12480, "in_optimizer": False}]
     findings, _ = REGISTRY["unused-parameter"]().run(obs)
     assert "1 module (Linear; 12,480 parameters) runs inside" in findings[0].message
+
+
+# -- full-batch training seen by the observers (same tensor object, DataLoaders) ------------
+def _watch_repeated(make_batches, steps=8):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    crit = nn.CrossEntropyLoss()
+    doctor = Doctor(model, optimizer=opt, loss_fn=crit, sample_every=1)
+    with doctor.watch():
+        for x, y in make_batches(steps):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    return doctor.report()
+
+
+def test_full_batch_training_on_one_tensor_is_info():
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    report = _watch_repeated(lambda n: [(x, y)] * n)
+    found = report.by_check("repeated-batch")
+    assert found and all(f.severity.value == "info" for f in found), [f.message for f in found]
+    assert report.observations.steps[2].input.same_tensor is True
+
+
+def test_one_loader_batch_fed_again_still_warns():
+    data = torch.utils.data.TensorDataset(torch.randn(256, 8), torch.randint(0, 2, (256,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True)
+    x, y = next(iter(loader))  # the bug: one batch taken before the loop
+    report = _watch_repeated(lambda n: [(x, y)] * n)
+    assert any(ld["dataset_len"] == 256 and ld["batch_size"] == 32 for ld in report.observations.data_loaders)
+    assert "repeated-batch" in report.ids("warning")
+    del loader
+
+
+def test_a_loader_whose_batch_is_its_data_set_is_full_batch():
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=32)
+    report = _watch_repeated(lambda n: [b for _ in range(n) for b in loader])
+    assert "repeated-batch" not in report.ids("warning")
+    assert any(ld["iterations"] >= 1 for ld in report.observations.data_loaders)

@@ -11,7 +11,8 @@ from torch import nn
 from .._observations import ModuleMeta, ParamMeta
 
 _RELU = (nn.ReLU, nn.ReLU6)
-_NORM = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM = tuple(c for c in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None))
+              if c is not None)  # nn.RMSNorm: torch >= 2.4
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _ACT = (
     nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.SELU, nn.CELU, nn.Mish,

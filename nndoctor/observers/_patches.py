@@ -1,5 +1,6 @@
 """Process-wide wrappers, installed while at least one recorder listens (see
-``_patching.SharedPatch``): ``torch.autograd.backward`` and ``GradScaler.scale/update``."""
+``_patching.SharedPatch``): ``torch.autograd.backward``, ``GradScaler.scale/update`` and
+``DataLoader.__iter__``."""
 
 from __future__ import annotations
 
@@ -53,5 +54,23 @@ def _install_scaler(patch: SharedPatch) -> list[tuple[Any, str, Callable[..., An
     return [(GradScaler, "scale", scale), (GradScaler, "update", update)]
 
 
+def _install_dataloader(patch: SharedPatch) -> list[tuple[Any, str, Callable[..., Any]]] | None:
+    """``DataLoader.__iter__``: which loaders feed the watched steps (their data set size
+    and batch size tell full-batch training from one batch fed again by mistake)."""
+    try:
+        from torch.utils.data import DataLoader
+    except Exception:  # pragma: no cover - torch always has it
+        return None
+    original = DataLoader.__dict__["__iter__"]
+
+    def __iter__(loader: Any) -> Any:
+        for lst in patch.listeners:
+            lst.on_dataloader_iter(loader)
+        return original(loader)
+
+    return [(DataLoader, "__iter__", __iter__)]
+
+
 backward_interceptor = SharedPatch(_install_backward)
+dataloader_interceptor = SharedPatch(_install_dataloader)
 scaler_interceptor = SharedPatch(_install_scaler)

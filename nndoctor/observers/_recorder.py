@@ -37,7 +37,7 @@ from .._observations import Observations, ParamMeta, StepRecord
 from .._tree import tensors
 from ._base import EVENTS, Observer, Pending, Schedule, listens
 from ._describe import describe_modules, describe_optimizer, describe_param, init_weight_stats
-from ._patches import backward_interceptor, scaler_interceptor
+from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
 from .gradients import GradientObserver
 from .inputs import InputObserver
@@ -73,6 +73,7 @@ class Recorder:
     ) -> None:
         self._model_ref = weakref.ref(model)
         self._optimizers = [weakref.ref(o) for o in optimizers]
+        self._loaders: dict[int, dict[str, Any]] = {}
         self._loss_fn = loss_fn
         self.schedule = schedule or Schedule()
         self._discover = discover_optimizers and not optimizers
@@ -141,6 +142,8 @@ class Recorder:
             stack.callback(backward_interceptor.remove, self)
             scaler_interceptor.add(self)
             stack.callback(scaler_interceptor.remove, self)
+            dataloader_interceptor.add(self)
+            stack.callback(dataloader_interceptor.remove, self)
             for opt in self.optimizers:
                 for h in (opt.register_step_pre_hook(self._opt_pre), opt.register_step_post_hook(self._opt_post)):
                     stack.callback(h.remove)
@@ -176,6 +179,7 @@ class Recorder:
             self.current = None
             self._sync()
             self._emit("finalize", True, self.obs)
+            self.obs.data_loaders = self._data_loaders()
             derive_all(self.obs)
         except Exception as exc:  # evaluating must never raise into the user's code
             self.obs.notes.append(f"observer failed while finishing: {exc!r}")
@@ -184,6 +188,42 @@ class Recorder:
         self._release_units()
         self.pending = Pending()
         return self.obs
+
+    # -- data loaders ----------------------------------------------------------------
+    def on_dataloader_iter(self, loader: Any) -> None:
+        """A DataLoader started an epoch while watching (never raises)."""
+        try:
+            seen = self._loaders.setdefault(id(loader), {"loader": weakref.ref(loader), "iterations": 0})
+            seen["iterations"] += 1
+        except Exception:  # pragma: no cover - a loader that refuses weak references
+            pass
+
+    def _data_loaders(self) -> list[dict[str, Any]]:
+        """The loaders iterated while watching, plus the ones alive now: a loader whose
+        iterator was taken before the watch (``x, y = next(iter(loader))`` above the loop,
+        or the CLI runner entering at the first forward) still counts."""
+        import gc
+
+        from torch.utils.data import DataLoader
+
+        found: dict[int, tuple[Any, int]] = {}
+        for key, seen in self._loaders.items():
+            loader = seen["loader"]()
+            if loader is not None:
+                found[key] = (loader, seen["iterations"])
+        for obj in gc.get_objects():
+            # type(), not isinstance(): isinstance reads `__class__`, which some module
+            # proxies (deprecated torch aliases) answer with a warning.
+            if issubclass(type(obj), DataLoader) and id(obj) not in found:
+                found[id(obj)] = (obj, 0)
+        out = []
+        for loader, iterations in found.values():
+            try:
+                dataset_len = len(loader.dataset)
+            except Exception:  # an IterableDataset without __len__
+                dataset_len = None
+            out.append({"dataset_len": dataset_len, "batch_size": loader.batch_size, "iterations": iterations})
+        return out
 
     def enter_forward(self, args: Any, kwargs: Any) -> None:
         """Attached from inside the model's forward pre-hook chain (the CLI runner

@@ -4,6 +4,7 @@ of the first training batch for the experiments (``Recorder.captured``)."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ class InputObserver(Observer):
     def __init__(self, recorder: Any) -> None:
         super().__init__(recorder)
         self._labels_step = -1
+        self._previous_input: Any = None  # weakref to the last recorded input tensor
 
     def model_pre(self, cur: StepRecord, args: Any, kwargs: Any) -> None:
         if cur.input is None:
@@ -77,11 +79,17 @@ class InputObserver(Observer):
                 sample.sum(), (sample * weights).sum(),
             ])
         dtype, shape, is_float = str(x.dtype).replace("torch.", ""), tuple(x.shape), x.is_floating_point()
+        previous = self._previous_input() if self._previous_input is not None else None
+        same = None if self._previous_input is None else previous is x
+        try:
+            self._previous_input = weakref.ref(x)
+        except TypeError:  # pragma: no cover - tensors support weak references
+            self._previous_input = None
 
         def sink(v: list[float]) -> None:
             cur.input = InputRecord(
                 dtype=dtype, shape=shape, mean=v[0], std=v[1], min=v[2], max=v[3],
-                zero_fraction=v[4], fingerprint=(v[5], v[6]), is_float=is_float,
+                zero_fraction=v[4], fingerprint=(v[5], v[6]), is_float=is_float, same_tensor=same,
             )
 
         self.add(vec, sink)
