@@ -156,3 +156,11 @@ def test_wiped_gradients_are_seen_at_backward_end():
             opt.step()
     (f,) = doctor.report().by_check("frozen-layer")
     assert f.evidence["mechanism"] == "grads_zeroed_before_step" and "are zero" in f.message
+
+
+def test_a_schedule_annealing_to_zero_at_the_end_is_not_reported():
+    obs = frozen_case("lr-decayed")
+    for rec in obs.steps:  # ~0 on the last step only (cosine to eta_min=0)
+        rec.lr = 0.0 if rec.step == len(obs.steps) - 1 else 0.1
+        rec.update_norms = {n: (0.01 if rec.lr else 0.0) for n in obs.params}
+    assert "lr_decayed_to_zero" not in mechanisms(obs)

@@ -63,6 +63,8 @@ class FrozenLayer(Check):
       pass) is reported as `info` only; a layer frozen *between* trainable ones, or frozen
       parameters the optimizer holds after a trainable part, is a warning.
     - Parameters used only on some steps (e.g. an auxiliary head every N steps).
+    - A schedule that anneals the LR to ~0 at the end of training is intended: the LR must
+      sit below `min_lr_decay` of its start for a quarter of the watched steps.
 
     ## Example
     `x = self.encoder(x).detach()` inside `forward`: the encoder runs but never gets a
@@ -253,6 +255,10 @@ class FrozenLayer(Check):
         if abs(lrs[-1][1]) > floor:
             return None
         low_since = next((s for s, v in lrs if abs(v) <= floor), None)
+        # A schedule that anneals to ~0 on its very last steps (cosine to eta_min=0) is
+        # intended: the LR must sit at ~0 for a quarter of the watched steps.
+        if sum(1 for _, v in lrs if abs(v) <= floor) < max(2, 0.25 * len(lrs)):
+            return None
         later = [r for r in updated if low_since is not None and r.step >= low_since]
         if not later:
             return None
