@@ -731,3 +731,13 @@ def test_time_budget_skips_the_probes_not_started_in_time():
     reasons = {s["check"]: s["reason"] for s in report.checks_skipped}
     # the first probe starts (the budget is checked between probes), the rest are skipped
     assert "time budget" in reasons["gradient-check"] and "time budget" in reasons["lr-sweep"]
+
+
+@pytest.mark.parametrize("real_end,severity", [(0.99 + EPS, "error"), (0.99 - 1e-6, "warning")],
+                         ids=["no-gain", "small-gain"])
+def test_threshold_random_input_max_gain_for_error(real_end, severity):
+    # zeros end at 1.0 (the start): a gain of at most 1% of the start is "no advantage"
+    data = random_data(real_end=real_end, noise_end=0.5)
+    findings, _ = RandomInputLoss().run(obs_with(random_input=data))
+    [found] = [f for f in findings if "all-zero inputs" in f.message]
+    assert found.severity.value == severity

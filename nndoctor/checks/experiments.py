@@ -377,6 +377,15 @@ class RandomInputLoss(Check):
             "fraction of the initial loss",
         ),
         Threshold(
+            "max_gain_for_error",
+            0.01,
+            "the training comparison is an error only when the real inputs gain at most this "
+            "fraction of the starting loss over zeros (no advantage at all); a small positive "
+            "gain is a warning: 30 steps on 16 samples of a healthy model measured gains from "
+            "1.8% to 9.6% from one initialisation to the next",
+            "fraction of the initial loss",
+        ),
+        Threshold(
             "max_share_of_noise_gain",
             0.5,
             "the real inputs' gain over zeros must also be below this share of the noise "
@@ -449,10 +458,14 @@ class RandomInputLoss(Check):
                         f"Training on the real inputs ends at loss {_fmt(real_end)}, training "
                         f"on all-zero inputs at {_fmt(zeros_end)} and on noise inputs at "
                         f"{_fmt(noise_end)} (from {_fmt(start)}, {data.get('steps')} steps): the "
-                        f"model learns from noise but the real inputs give it no advantage over "
+                        f"model learns from noise but the real inputs give it "
+                        f"{'no' if gain <= self.max_gain_for_error else 'little'} advantage over "
                         f"zeros (gain {gain:.1%} of the start, need {self.min_train_gain:.0%}). "
                         "The real inputs carry nothing the model can use: all zeros, constant, "
                         "or lost on the way to the output.",
+                        # A small positive gain in a 30-step run on a tiny batch is within
+                        # run-to-run noise of healthy models: a warning; none at all, an error.
+                        severity=Severity.ERROR if gain <= self.max_gain_for_error else Severity.WARNING,
                         train_gain=gain,
                         noise_gain=noise_gain,
                         output_change=change,
