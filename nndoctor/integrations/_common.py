@@ -210,3 +210,22 @@ class DoctorSession:
                                                            **self.checkup_options)
         except Exception as exc:  # the user's training finished: report, do not crash it
             return skipped(f"the experiments failed: {type(exc).__name__}: {exc}")
+
+
+class SessionOwner:
+    """What both callbacks expose of their ``DoctorSession`` (``self._session``)."""
+
+    _session: DoctorSession
+
+    @property
+    def report(self) -> Any:
+        """The Report of the last training run (None before one ended)."""
+        return self._session.report
+
+    @property
+    def doctor(self) -> Any:
+        return self._session.doctor
+
+    def close(self) -> None:
+        """Remove every hook now (safe to call twice)."""
+        self._session.close()

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ._common import DoctorSession, require
+from ._common import DoctorSession, SessionOwner, require
 
 _pl = require("lightning.pytorch", "lightning")
 
 __all__ = ["DoctorCallback"]
 
 
-class DoctorCallback(_pl.Callback):
+class DoctorCallback(SessionOwner, _pl.Callback):
     """Watch training with nndoctor; ``callback.report`` is the Report after ``fit``.
 
     ``watch_steps``: stop watching after this many optimizer steps (None: the whole run).
@@ -62,19 +62,6 @@ class DoctorCallback(_pl.Callback):
             checkup_options=checkup_options,
         )
         self.log_report = log
-
-    @property
-    def report(self) -> Any:
-        """The Report of the last ``fit`` (None before one ended)."""
-        return self._session.report
-
-    @property
-    def doctor(self) -> Any:
-        return self._session.doctor
-
-    def close(self) -> None:
-        """Remove every hook now (safe to call twice)."""
-        self._session.close()
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._session.start(pl_module, list(trainer.optimizers or []))

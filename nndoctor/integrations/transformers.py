@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ._common import DoctorSession, require
+from ._common import DoctorSession, SessionOwner, require
 
 _transformers = require("transformers", "transformers")
 
@@ -57,7 +57,7 @@ def logits_loss(outputs: Any, labels: Any) -> Any:
     return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
 
 
-class DoctorCallback(_transformers.TrainerCallback):
+class DoctorCallback(SessionOwner, _transformers.TrainerCallback):
     """Watch ``Trainer.train()`` with nndoctor; ``callback.report`` is the Report after it.
 
     ``watch_steps``: stop watching after this many optimizer steps (None: the whole run).
@@ -89,19 +89,6 @@ class DoctorCallback(_transformers.TrainerCallback):
             checkup_options=checkup_options,
         )
         self.log_report = log
-
-    @property
-    def report(self) -> Any:
-        """The Report of the last ``train()`` (None before one ended)."""
-        return self._session.report
-
-    @property
-    def doctor(self) -> Any:
-        return self._session.doctor
-
-    def close(self) -> None:
-        """Remove every hook now (safe to call twice)."""
-        self._session.close()
 
     def __enter__(self) -> "DoctorCallback":
         return self
