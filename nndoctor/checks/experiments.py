@@ -60,6 +60,10 @@ GRADCHECK_DOCS = Citation(
 )
 
 
+# The random-input probe's baselines, in words.
+_BASELINE_WORDS = {"zeros": "all-zero inputs", "noise": "noise inputs"}
+
+
 def _data(obs: Any, key: str, what: str, kind: type[Record]) -> Any:
     """The ``kind`` record under ``key`` (a plain dict of its shape is converted), or Skip."""
     experiments = getattr(obs, "experiments", None) or {}
@@ -507,9 +511,10 @@ class RandomInputLoss(Check):
                     yield self.finding(
                         f"On {data.get('n_holdout')} held-out samples, the model trained on "
                         f"the real inputs reaches loss {_fmt(real_best)} at best, the one "
-                        f"trained on {base_name} inputs {_fmt(base_best)} (start "
-                        f"{_fmt(start_h)}): the real inputs predict the labels no better than "
-                        f"{base_name} (gain {gain:.1%}, need {self.min_holdout_gain:.0%}). "
+                        f"trained on {_BASELINE_WORDS.get(base_name, base_name)} "
+                        f"{_fmt(base_best)} (start {_fmt(start_h)}): the real inputs predict the "
+                        f"labels no better than {_BASELINE_WORDS.get(base_name, base_name)} "
+                        f"(gain {gain:.1%}, need {self.min_holdout_gain:.0%}). "
                         "The labels may not be paired with their inputs, or this batch is too "
                         "small or hard to generalise from."
                         + ("" if improved else " Inconclusive: the real-input model never improved on "
