@@ -12,7 +12,9 @@ from ._base import Check
 from .activations import ActivationStd, DeadRelu, SaturatedActivation
 from .data import InputNormalization, LabelDistribution, RepeatedBatch
 from .distributed import DdpParameterDivergence, DdpSameBatchEveryRank, DdpSetEpochMissing, DdpUnusedParameters
-from .experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
+from .experiments import OverfitTinyBatch, RandomInputLoss
+from .gradient_check import GradientCheck
+from .lr_sweep import LrSweep
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
 from .loss import ChanceLevelLoss, LossInputFormat, LossNotDecreasing
 from .parameters import FrozenLayer, TrainEvalMode, UnusedParameter, UpdateRatio, WeightInit
@@ -46,7 +48,7 @@ REGISTRY: dict[str, type[Check]] = {
         LossInputFormat,
         LossNotDecreasing,
         PredictionCollapse,
-        # experiments (nndoctor/checks/experiments.py) are added below this line
+        # experiments (nndoctor/checks/experiments.py, lr_sweep.py, gradient_check.py) are added below this line
         OverfitTinyBatch,
         RandomInputLoss,
         LrSweep,
