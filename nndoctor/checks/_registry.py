@@ -17,7 +17,8 @@ from .gradient_check import GradientCheck
 from .lr_sweep import LrSweep
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
 from .loss import ChanceLevelLoss, LossInputFormat, LossNotDecreasing
-from .parameters import FrozenLayer, TrainEvalMode, UnusedParameter, UpdateRatio, WeightInit
+from .frozen import FrozenLayer, UnusedParameter
+from .parameters import TrainEvalMode, UpdateRatio, WeightInit
 from .predictions import PredictionCollapse
 
 # id -> class. Order is the catalogue's order (by family, then id).
