@@ -4,7 +4,8 @@
     nndoctor checks
     nndoctor explain ID
 
-Only this module prints: the library returns data, the CLI shows it. The report goes to
+Only the CLI prints (this module, with the run's messages in ``_cli_messages`` and the
+outputs in ``_cli_outputs``): the library returns data, the CLI shows it. The report goes to
 stdout (``--format json``: the JSON report and nothing else; the script's own output is
 sent to stderr then); progress, notes and error messages go to stderr.
 """
@@ -18,25 +19,29 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from ._cli_messages import RunProgress, no_training_message, print_script_error, steps_text
+from ._cli_outputs import (
+    OutputFormat,
+    check_output_paths,
+    emit_report,
+    err_console,
+    fail,
+    json_without_report,
+    out_console,
+    run_logdir,
+)
 from ._exit import ExitCode, exit_code, failing_findings
 
 __all__ = ["app", "main", "ExitCode"]
+# run_logdir and OutputFormat stay importable from here (nndoctor.cli.run_logdir).
 
 
 class FailOn(str, enum.Enum):
     error = "error"
     warning = "warning"
     info = "info"
-
-
-class OutputFormat(str, enum.Enum):
-    text = "text"
-    json = "json"
-    github = "github"
-    sarif = "sarif"
 
 
 class ExplainFormat(str, enum.Enum):
@@ -96,155 +101,9 @@ class _CheckCommand(typer.core.TyperCommand):
             raise
 
 
-def _out() -> Console:
-    return Console(soft_wrap=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def _fail(message: str, code: ExitCode = ExitCode.USAGE_OR_INTERNAL) -> "typer.Exit":
-    _err().print(f"[bold red]nndoctor:[/] {escape(message)}", soft_wrap=True)
-    return typer.Exit(int(code))
-
-
 # ======================================================================================
 # check
 # ======================================================================================
-class _Progress:
-    """Progress on stderr while the script runs and while the experiments run (only on
-    a terminal: logs and pipes get the final messages, not a redrawn bar)."""
-
-    def __init__(self, console: Console, script: str, steps: int, verbose: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.console = console
-        self.verbose = verbose
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=True,
-            disable=not console.is_terminal,
-        )
-        self.task = self.progress.add_task(f"running {escape(script)}: looking for the model", total=steps)
-        self.steps = steps
-        self.model = ""
-
-    def __enter__(self) -> "_Progress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def log(self, text: str) -> None:
-        if self.verbose:
-            self.console.print(f"[dim]nndoctor: {escape(text)}[/]", soft_wrap=True)
-
-    def __call__(self, kind: str, **info: Any) -> None:
-        if kind == "model":
-            self.model = f"{info['name']} ({info['parameters']:,} parameters)"
-            self.progress.update(self.task, description=f"watching {escape(self.model)}")
-            self.log(f"model found: {self.model}; watching its training steps")
-        elif kind == "optimizer":
-            self.log(f"optimizer found: {info['name']}")
-        elif kind == "step":
-            self.progress.update(self.task, completed=min(info["step"], self.steps))
-        elif kind == "stopped":
-            self.progress.update(self.task, visible=False)
-            self.log(f"script stopped ({info['outcome']}) after {info['seconds']:.1f} s")
-        elif kind == "experiments":
-            self.exp_task = self.progress.add_task(
-                "experiments: " + ", ".join(info["checks"]), total=None)
-            self.log("running the experiments: " + ", ".join(info["checks"]))
-        elif kind == "experiments-done":
-            if hasattr(self, "exp_task"):
-                self.progress.update(self.exp_task, visible=False)
-            # no "done in 0.0 s" here: the final line says whether they ran or were skipped
-
-
-def _steps_text(run: Any) -> str:
-    if run.model is None:
-        return "before any model was found"
-    if run.steps == 0:
-        return "before the first training step"
-    return f"at step {run.steps} (of {run.steps_requested} to watch)"
-
-
-def _json_without_report(json_path: "Path | None", script: str, message: str, run: Any,
-                         ids: "list[str] | None" = None) -> None:
-    """``--json`` on an exit without a report (2: nothing watched, an internal error; 3:
-    the script raised before its first step): what is known, the reason among the notes,
-    every check skipped with it. Best effort: the exit message matters more."""
-    if json_path is None:
-        return
-    from ._report import Report
-
-    try:
-        report = run.report if run is not None and run.report is not None else Report()
-        report.script = script
-        report.notes = [message, *[n for n in report.notes if n != message]]
-        if not report.checks_run and not report.checks_skipped:
-            report.checks_skipped = [{"check": cid, "reason": message} for cid in ids or []]
-        if run is not None and run.model is not None and not report.model:
-            report.model = {"class": run.model}
-        report.to_json(json_path)
-    except Exception:
-        pass
-
-
-def _no_training_message(run: Any, timeout: float) -> str:
-    from ._runner import Outcome
-
-    seen = run.seen
-    script = run.script
-    if not seen.root_calls and getattr(seen, "child_processes", 0):
-        return (f"no training in this process: {script} started {seen.child_processes} child process(es) "
-                f"(torch.multiprocessing.spawn / mp.spawn, multiprocessing) and no torch.nn.Module was "
-                f"called here. nndoctor watches training in the process it runs; it cannot follow "
-                f"children. Run each worker under torchrun instead (`torchrun --nproc-per-node 2 -m "
-                f"nndoctor check {script}`), or use the Python API inside the worker function: "
-                f"`with Doctor(model, optimizer=opt).watch(): ...` then `doctor.report()`.")
-    if run.outcome is Outcome.TIMEOUT:
-        head = f"no training step within --timeout {timeout:g} s in {script}"
-    elif run.outcome is Outcome.EXITED:
-        head = f"{script} exited (sys.exit({run.exit_code!r})) before any training step"
-    elif run.outcome is Outcome.INTERRUPTED:
-        head = f"interrupted before any training step of {script}"
-    else:
-        head = f"no training found to watch: {script} ran to its end in {run.seconds:.1f} s"
-    if run.outcome is Outcome.TIMEOUT and (run.model is not None or seen.root_calls):
-        head = f"the first training step of {script} did not finish within --timeout {timeout:g} s"
-        what = (f"the model {run.model} was found" if run.model is not None
-                else f"seen so far: {seen.describe()}")
-    elif run.model is not None:
-        what = (f"the model {run.model} was called {seen.model_calls} time(s) with gradients enabled, "
-                f"but backward() was never called on a loss (forward seen but no backward)")
-    elif seen.root_calls:
-        what = f"no module forward with gradients: {seen.describe()}"
-    else:
-        what = "no torch.nn.Module was ever called"
-    if seen.optimizer_steps:
-        what += f"; {seen.optimizer_steps} optimizer step(s) ({', '.join(seen.optimizer_classes)})"
-    advice = ("nndoctor watches a training loop: a model forward with gradients, loss.backward() and "
-              "an update. If training sits behind a command-line flag or a sub-command, pass the "
-              "script's arguments after `--`: nndoctor check train.py -- --train.")
-    if run.outcome is Outcome.TIMEOUT:
-        advice = ("If the script takes long to start (loading or preparing data), raise --timeout; "
-                  + advice)
-    if run.outcome is Outcome.EXITED and run.exit_code not in (0, None):
-        advice = ("If argparse rejected the arguments (its message is above), pass the script's "
-                  "arguments after `--`. " + advice)
-    return f"{head}; {what}.\n{advice}"
-
-
 @app.command(no_args_is_help=True, cls=_CheckCommand)
 def check(
     script: str = typer.Argument(..., help="The training script to run (unmodified).", metavar="SCRIPT"),
@@ -288,7 +147,7 @@ def check(
     from ._doctor import NNDoctorUsageError
     from ._runner import Outcome, run_script
 
-    err = _err()
+    err = err_console()
     # [tool.nndoctor] first, then the options given on the command line (which win); the
     # check set is resolved once, here, and used by the watch, the checkup and the merge.
     try:
@@ -296,12 +155,12 @@ def check(
         checkset = CheckSet.from_layers((config, f"[tool.nndoctor] of {config.get('_path')}"),
                                         ({"select": select, "ignore": ignore}, "the command line"))
     except NNDoctorUsageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     steps = steps if steps is not None else config.get("steps", 30)
     fail_on_value = fail_on.value if fail_on is not None else config.get("fail_on", "error")
-    _check_output_paths(json_path, logdir)
+    check_output_paths(json_path, logdir)
     json_mode = output_format is not OutputFormat.text  # stdout carries the report only
-    progress = _Progress(err, script, steps, verbose)
+    progress = RunProgress(err, script, steps, verbose)
     # In JSON mode stdout carries the report only: the script's prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext()
     try:
@@ -312,27 +171,27 @@ def check(
                 experiments=not no_experiments, on_event=progress,
             )
     except NNDoctorUsageError as exc:
-        _json_without_report(json_path, script, str(exc), None, [c.id for c in checkset])
-        raise _fail(str(exc)) from None
+        json_without_report(json_path, script, str(exc), None, [c.id for c in checkset])
+        raise fail(str(exc)) from None
     except Exception as exc:  # an internal failure: say so, and how to report it
         if verbose:
             err.print_exception()
         message = (f"internal error while checking {script}: {type(exc).__name__}: {exc}. This is a bug "
                    f"in nndoctor; rerun with --verbose for the traceback and report it.")
-        _json_without_report(json_path, script, message, None, [c.id for c in checkset])
-        raise _fail(message) from None
+        json_without_report(json_path, script, message, None, [c.id for c in checkset])
+        raise fail(message) from None
 
     report = run.report
     ids = [c.id for c in checkset]
     if report is None or run.steps == 0:
         if run.outcome is Outcome.RAISED and run.error is not None:
-            _print_error(err, run, verbose)
-            _json_without_report(json_path, script, f"the script raised {run.error.type} at "
-                                 f"{run.error.location} {_steps_text(run)}: {run.error.message}", run, ids)
+            print_script_error(err, run, verbose)
+            json_without_report(json_path, script, f"the script raised {run.error.type} at "
+                                 f"{run.error.location} {steps_text(run)}: {run.error.message}", run, ids)
             raise typer.Exit(int(exit_code(None, script_raised=True)))
-        message = _no_training_message(run, timeout)
-        _json_without_report(json_path, script, message, run, ids)
-        raise _fail(message, exit_code(None, could_not_run=True))
+        message = no_training_message(run, timeout)
+        json_without_report(json_path, script, message, run, ids)
+        raise fail(message, exit_code(None, could_not_run=True))
 
     # Under torchrun: every rank watched its own copy of the script; rank 0 reports once
     # for all of them (findings name their ranks; the DDP checks judge all ranks' facts).
@@ -368,8 +227,8 @@ def check(
         try:
             report.to_json(json_path)
         except OSError as exc:
-            raise _fail(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
-    _emit_report(report, output_format, verbose)
+            raise fail(f"cannot write the JSON report to {json_path}: {exc.strerror or exc}.") from None
+    emit_report(report, output_format, verbose)
 
     for note in run.notes:
         err.print(f"[dim]nndoctor: note: {escape(note)}[/]", soft_wrap=True)
@@ -391,13 +250,13 @@ def check(
                           soft_wrap=True)
 
     if run.outcome is Outcome.RAISED:
-        _print_error(err, run, verbose)
+        print_script_error(err, run, verbose)
         raise typer.Exit(int(exit_code(report, fail_on_value, script_raised=True)))
     if run.outcome is Outcome.INTERRUPTED:
-        raise _fail(f"interrupted {_steps_text(run)}; the report covers the steps watched so far.",
+        raise fail(f"interrupted {steps_text(run)}; the report covers the steps watched so far.",
                     exit_code(report, fail_on_value, could_not_run=True))
     if run.experiments == "interrupted":
-        raise _fail(f"interrupted during the experiments after {run.steps} watched step(s); the report "
+        raise fail(f"interrupted during the experiments after {run.steps} watched step(s); the report "
                     f"above covers the watched steps and the experiments that had finished.",
                     exit_code(report, fail_on_value, could_not_run=True))
     if run.outcome is Outcome.TIMEOUT:
@@ -417,60 +276,6 @@ def check(
         err.print(f"nndoctor: {len(failing)} finding(s) at or above '{fail_on_value}' ({escape(ids)}); "
                   f"`nndoctor explain ID` tells more.", soft_wrap=True, highlight=False)
     raise typer.Exit(int(exit_code(report, fail_on_value, exit_zero=exit_zero)))
-
-
-def run_logdir(base: "str | Path", *, now: Any = None) -> Path:
-    """A fresh sub-directory of ``--logdir`` for this run (``run-20261203-110459``, then
-    ``..._1``, ``_2`` if taken), so that a second run never appends to the first one's
-    events or overwrites its PNG figures; TensorBoard pointed at ``base`` shows each run
-    as its own line (as Lightning's ``version_N`` folders do)."""
-    import datetime
-
-    base = Path(base)
-    stamp = (now or datetime.datetime.now()).strftime("run-%Y%m%d-%H%M%S")
-    base.mkdir(exist_ok=True)  # its parent exists: checked before the run
-    candidate, n = base / stamp, 0
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base / f"{stamp}_{n}"
-
-
-def _check_output_paths(json_path: "Path | None", logdir: "Path | None") -> None:
-    """Refuse, before running anything, to write into folders that do not exist: a typo in
-    ``--json`` must not create a tree of folders somewhere."""
-    if json_path is not None:
-        parent = json_path.expanduser().parent
-        if not parent.is_dir():
-            raise _fail(f"cannot write the JSON report to {json_path}: the folder {parent} does not exist. "
-                        f"Create it first, or give a path in an existing folder.")
-    if logdir is not None:
-        parent = logdir.expanduser().parent
-        if not logdir.expanduser().is_dir() and not parent.is_dir():
-            raise _fail(f"cannot write TensorBoard files to {logdir}: its parent folder {parent} does not "
-                        f"exist. Create it first, or give a logdir in an existing folder.")
-
-
-def _emit_report(report: Any, output_format: "OutputFormat", verbose: bool) -> None:
-    """The report on stdout, in the chosen format."""
-    if output_format is OutputFormat.text:
-        report.print(_out(), verbose=verbose)
-        return
-    if output_format is OutputFormat.json:
-        text = report.to_json() + "\n"
-    elif output_format is OutputFormat.github:
-        from .reporters.annotations import github_annotations
-
-        text = github_annotations(report)
-    else:
-        from .reporters.annotations import sarif_text
-
-        text = sarif_text(report)
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _project_config(script: str) -> dict:
@@ -506,23 +311,6 @@ def _release_process_group() -> None:
         pass
 
 
-def _print_error(err: Console, run: Any, verbose: bool) -> None:
-    e = run.error
-    where = f"in `{e.location}`" + (f" ({e.function})" if e.function and e.function != "<module>" else "")
-    after = ("findings so far are in the report above" if run.trained
-             else "no training step was watched, so there are no findings")
-    err.print(f"[bold red]nndoctor:[/] the script raised {escape(e.type)}: {escape(e.message)} "
-              f"{_steps_text(run)}, {escape(where)}; {after}.", soft_wrap=True)
-    if e.source_line:
-        err.print(f"    {escape(e.source_line)}", soft_wrap=True, highlight=False)
-    if verbose:
-        err.print(escape(e.traceback.rstrip()), soft_wrap=True, highlight=False)
-        err.print("Fix the error and run again.")
-    else:
-        err.print("Fix the error and run again (--verbose shows the traceback; `python "
-                  f"{escape(run.script)}` raises the same).", soft_wrap=True)
-
-
 # ======================================================================================
 # checks / explain
 # ======================================================================================
@@ -544,7 +332,7 @@ def checks_command(
         return
     from .reporters.console import checks_table
 
-    console = _out()
+    console = out_console()
     console.print(checks_table(REGISTRY, console.width))
     console.print("[dim]`nndoctor explain ID` describes a check.[/]")
 
@@ -565,14 +353,14 @@ def explain(
     if cls is None:
         close = difflib.get_close_matches(check_id.lower(), list(REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise _fail(f"unknown check id {check_id!r}.{hint} `nndoctor checks` lists them all.")
+        raise fail(f"unknown check id {check_id!r}.{hint} `nndoctor checks` lists them all.")
     page = render_explain(cls)
     if output_format is ExplainFormat.markdown:
         sys.stdout.write(page)
         return
     from rich.markdown import Markdown
 
-    _out().print(Markdown(page))
+    out_console().print(Markdown(page))
 
 
 def main() -> None:

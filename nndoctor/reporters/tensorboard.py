@@ -54,7 +54,8 @@ Experiments (x = iteration or index): ``nndoctor/experiment/overfit/loss/<run>``
 ``nndoctor/experiment/random_input/{train,holdout}_loss/{real,noise,zeros}``.
 
 Text: ``nndoctor/findings`` (a Markdown table: severity, check, where, message, fix),
-``nndoctor/evidence`` (each finding's numbers), ``nndoctor/summary``.
+``nndoctor/evidence`` (each finding's numbers), ``nndoctor/summary`` (the pages are
+built in :mod:`nndoctor.reporters._tensorboard_text`).
 Images: ``nndoctor/figures/<name>`` (see :mod:`nndoctor.reporters.figures`), also saved
 as ``<logdir>/nndoctor_<name>.png``.
 A custom-scalars layout groups the scalars into nndoctor panels.
@@ -62,7 +63,6 @@ A custom-scalars layout groups the scalars into nndoctor panels.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -72,6 +72,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import figures as _fig
+from ._tensorboard_text import custom_scalars_layout, evidence_markdown, findings_markdown, summary_markdown
 
 __all__ = [
     "TensorBoardStream",
@@ -102,116 +103,6 @@ def _slug(label: str) -> str:
 def tensorboard_hint(logdir: "str | os.PathLike[str]") -> str:
     """One line for the console report: how to open the TensorBoard output."""
     return f"open it with: tensorboard --logdir {shlex.quote(str(logdir))}"
-
-
-# -- Markdown ------------------------------------------------------------------------
-_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
-
-
-def _md_cell(text: Any) -> str:
-    """One Markdown table cell. Pipes outside code spans are escaped (TensorBoard's
-    Markdown keeps pipes inside code spans within the cell); newlines become ``<br>``
-    (an allowed tag in TensorBoard's sanitiser); HTML is left to the sanitiser, which
-    escapes tags it does not allow."""
-    if text is None:
-        return ""
-    lines = []
-    for line in str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        out, pos = [], 0
-        for match in _CODE_SPAN.finditer(line):
-            out.append(line[pos:match.start()].replace("|", r"\|"))
-            out.append(match.group(0))
-            pos = match.end()
-        out.append(line[pos:].replace("|", r"\|"))
-        lines.append("".join(out).strip())
-    return "<br>".join(lines)
-
-
-def findings_markdown(report: Any) -> str:
-    """The findings as a Markdown table (worst first), or a line saying there are none."""
-    findings = list(getattr(report, "findings", None) or [])
-    run = len(getattr(report, "checks_run", None) or [])
-    if not findings:
-        return f"No findings: {run} check{'s' if run != 1 else ''} ran and passed."
-    rows = [
-        "| severity | check | where | message | fix |",
-        "|---|---|---|---|---|",
-    ]
-    for f in findings:
-        severity = getattr(f.severity, "value", f.severity)
-        where = f.where if f.where is not None else ""
-        if f.step is not None:
-            where = f"{where} (step {f.step})" if where else f"step {f.step}"
-        rows.append(
-            "| " + " | ".join(_md_cell(c) for c in (f"**{severity}**", f.check, where, f.message, f.fix)) + " |"
-        )
-    counts: dict[str, int] = {}
-    for f in findings:
-        key = str(getattr(f.severity, "value", f.severity))
-        counts[key] = counts.get(key, 0) + 1
-    head = ", ".join(f"{n} {sev}" for sev, n in counts.items())
-    checks = f"{run} check{'s' if run != 1 else ''} run"
-    return f"{len(findings)} finding{'s' if len(findings) != 1 else ''} ({head}); {checks}.\n\n" + "\n".join(rows)
-
-
-def _evidence_markdown(report: Any) -> str:
-    parts = []
-    for f in getattr(report, "findings", None) or []:
-        evidence = f.to_dict().get("evidence") if hasattr(f, "to_dict") else getattr(f, "evidence", {})
-        parts.append(f"### {f.check}" + (f" — `{f.where}`" if f.where else "") + f"\n\n{f.title}\n\n"
-                     "```json\n" + json.dumps(evidence, indent=2, sort_keys=True, default=str) + "\n```")
-    return "\n\n".join(parts) if parts else "No findings."
-
-
-def _summary_markdown(report: Any) -> str:
-    model = getattr(report, "model", None) or {}
-    lines = ["| | |", "|---|---|"]
-    if getattr(report, "script", None):
-        lines.append(f"| script | {_md_cell(report.script)} |")
-    if model:
-        lines.append(f"| model | {_md_cell(model.get('class', ''))} |")
-        for key in ("parameters", "trainable"):
-            if key in model:
-                lines.append(f"| {key} | {_md_cell(model[key])} |")
-    lines.append(f"| steps observed | {int(getattr(report, 'steps_observed', 0) or 0)} |")
-    run = list(getattr(report, "checks_run", None) or [])
-    lines.append(f"| checks run | {_md_cell(', '.join(run)) or '—'} |")
-    skipped = list(getattr(report, "checks_skipped", None) or [])
-    for s in skipped:
-        lines.append(f"| skipped `{_md_cell(s.get('check', '?'))}` | {_md_cell(s.get('reason', ''))} |")
-    return "\n".join(lines)
-
-
-# -- custom scalars ------------------------------------------------------------------
-def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
-    """The layout for TensorBoard's Custom Scalars dashboard (tags are regexes)."""
-    def rx(*parts: str) -> str:
-        return re.escape("nndoctor/" + "/".join(parts))
-
-    return {
-        "nndoctor: training": {
-            "loss": ["Multiline", [rx("loss", "value")]],
-            "learning rate": ["Multiline", [rx("optimizer", "lr")]],
-            "total gradient norm": ["Multiline", [rx("gradient", "total_norm")]],
-            "non-finite values": ["Multiline", [rx("nonfinite") + "/.*"]],
-        },
-        "nndoctor: activations": {
-            "std per layer (healthy 0.5-2)": ["Multiline", [rx("activation", "std") + "/.*"]],
-            "mean per layer": ["Multiline", [rx("activation", "mean") + "/.*"]],
-            "dead fraction (ReLU)": ["Multiline", [rx("activation", "dead_fraction") + "/.*"]],
-            "saturated fraction (sigmoid/tanh)": ["Multiline", [rx("activation", "saturated_fraction") + "/.*"]],
-        },
-        "nndoctor: gradients and updates": {
-            "gradient norm per parameter": ["Multiline", [rx("gradient", "norm") + "/.*"]],
-            "update/weight ratio (about 1e-3)": ["Multiline", [rx("update", "ratio") + "/.*"]],
-        },
-        "nndoctor: experiments": {
-            "overfit a tiny batch": ["Multiline", [rx("experiment", "overfit") + "/.*"]],
-            "learning-rate sweep": ["Multiline", [rx("experiment", "lr_sweep") + "/.*"]],
-            "learning-rate range test": ["Multiline", [rx("experiment", "lr_range", "loss")]],
-            "real vs random inputs": ["Multiline", [rx("experiment", "random_input") + "/.*"]],
-        },
-    }
 
 
 # -- histograms from plain numbers ---------------------------------------------------
@@ -310,7 +201,7 @@ class TensorBoardStream:
         self._findings_key = key
         step = self._text_step(report)
         self.writer.add_text(tag("findings"), findings_markdown(report), global_step=step)
-        self.writer.add_text(tag("evidence"), _evidence_markdown(report), global_step=step)
+        self.writer.add_text(tag("evidence"), evidence_markdown(report), global_step=step)
         self.writer.flush()
         return True
 
@@ -325,7 +216,7 @@ class TensorBoardStream:
             self.write_steps(obs, obs.steps)
         step = self._text_step(report)
         self.write_findings(report)  # no-op when the stream already wrote this table
-        self.writer.add_text(tag("summary"), _summary_markdown(report), global_step=step)
+        self.writer.add_text(tag("summary"), summary_markdown(report), global_step=step)
         self._write_experiments(_fig.report_experiments(report))
         paths: dict[str, str] = {}
         if figures:
