@@ -141,3 +141,37 @@ def test_verbose_prints_a_shared_reason_once():
     assert text.count("cannot rebuild") == 1
     flat = " ".join(text.split())
     assert "overfit-tiny-batch, random-input-loss, lr-sweep, gradient-check: the loss is custom code" in flat
+
+
+@pytest.mark.parametrize("outcome", ["confirmed", "not confirmed", "inconclusive"])
+def test_the_diagnosis_block_says_the_interventions_real_outcome(outcome):
+    report = Report(findings=[Finding("input-normalization", "error", "Inputs are not normalised", "mean 120",
+                                      "Standardise the inputs.", where="net")])
+    report.diagnosis.confirm("inputs standardised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "after words", outcome=outcome)
+    # the console and the notebook's rich view (Report.__rich__) render the same block
+    for text in (" ".join(_render(report, 100)), _rich_print(report)):
+        text = " ".join(text.split())
+        assert (f"{outcome}: with inputs standardised, overfit-tiny-batch: after words "
+                f"(was: not fitted in 100 steps)") in text
+        if outcome != "confirmed":
+            assert "confirmed: with" not in text.replace("not confirmed: with", "")
+
+
+def test_the_diagnosis_block_names_a_runner_up_that_confirmed_instead():
+    report = Report(findings=[Finding("input-normalization", "error", "Inputs are not normalised", "mean 120",
+                                      "Standardise the inputs.", where="net")])
+    report.diagnosis.confirm("inputs standardised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "not fitted in 100 steps", outcome="not confirmed",
+                             runner_up_confirmed={"cause": "weight-init", "intervention": "weights re-initialised",
+                                                  "probe": "overfit-tiny-batch", "before": "not fitted in 100 steps",
+                                                  "after": "fitted in 20 steps", "outcome": "confirmed"})
+    text = " ".join(" ".join(_render(report, 100)).split())
+    assert text.index("not confirmed: with inputs standardised") < text.index(
+        "confirmed for weight-init instead: with weights re-initialised, overfit-tiny-batch: fitted in 20 steps")
+
+
+def _rich_print(report: Report) -> str:
+    buf = StringIO()
+    Console(file=buf, width=100, color_system=None).print(report)
+    return buf.getvalue()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from html.parser import HTMLParser
 from io import StringIO
 
+import pytest
 from rich.console import Console
 
 from nndoctor import Finding, Report
@@ -91,3 +94,69 @@ def test_rich_protocol_renders_the_console_report():
     assert "error[input-normalization]" in text
     assert "warning[update-ratio]" in text
     assert "Report(" not in text
+
+
+# -- the intervention's real outcome (issue 10: not every intervention confirms) -----------
+class _Text(HTMLParser):
+    """The visible text of the diagnosis block, tags dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.text = 0, ""
+
+    def handle_starttag(self, tag, attrs):
+        if self.depth or ("class", "nndoctor-diagnosis") in attrs:
+            self.depth += 1
+
+    def handle_endtag(self, tag):
+        if self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth:
+            self.text += data
+
+
+def _diagnosis_text(report):
+    parser = _Text()
+    parser.feed(report._repr_html_())
+    return " ".join(parser.text.split())
+
+
+def _says_confirmed(text):
+    """"confirmed" said as a verdict, not inside "not confirmed"."""
+    return re.search(r"(?<!not )\bconfirmed\b", text) is not None
+
+
+@pytest.mark.parametrize("outcome", ["not confirmed", "inconclusive"])
+def test_html_renders_an_intervention_that_did_not_confirm_as_such(outcome):
+    report = _report()
+    assert report.diagnosis.cause == "input-normalization"
+    report.diagnosis.confirm("inputs standardised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "not fitted in 100 steps (loss 2.3 -> 2.1)", outcome=outcome)
+    text = _diagnosis_text(report)
+    assert (f"{outcome}: with inputs standardised, overfit-tiny-batch: not fitted in 100 steps "
+            f"(loss 2.3 -> 2.1) (was: not fitted in 100 steps)") in text
+    assert not _says_confirmed(text), text
+    # the same after a JSON round trip (what a notebook shows for a saved report)
+    again = Report.from_dict(json.loads(report.to_json()))
+    assert f"{outcome}: with inputs standardised" in _diagnosis_text(again)
+    assert not _says_confirmed(_diagnosis_text(again))
+
+
+def test_html_renders_a_confirmation_and_a_runner_up_that_confirmed_instead():
+    report = _report()
+    report.diagnosis.confirm("inputs standardised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "fitted in 37 steps")
+    text = _diagnosis_text(report)
+    assert "confirmed: with inputs standardised, overfit-tiny-batch: fitted in 37 steps" in text
+    assert "not confirmed" not in text and "high confidence" in text
+
+    report.diagnosis.confirm("inputs standardised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "not fitted in 100 steps", outcome="not confirmed")
+    report.diagnosis.confirmed["runner_up_confirmed"] = {
+        "cause": "update-ratio", "intervention": "learning rate x10", "probe": "overfit-tiny-batch",
+        "before": "not fitted in 100 steps", "after": "fitted in 12 steps", "outcome": "confirmed"}
+    text = _diagnosis_text(report)
+    assert text.index("not confirmed: with inputs standardised") < text.index(
+        "confirmed for update-ratio instead: with learning rate x10, overfit-tiny-batch: fitted in 12 steps")

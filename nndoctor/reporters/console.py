@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._report import Report, Severity
+from ._words import intervention_lines
 
 __all__ = ["print_report", "render_report", "SEVERITY_STYLE", "display_where", "checks_table"]
 
@@ -243,11 +244,8 @@ def diagnosis_section(report: Report) -> list[Any]:
     head.append(d.cause, style="bold red" if lead and lead[0].severity is Severity.ERROR else "bold yellow")
     head.append(f" ({d.confidence} confidence) — {d.summary}")
     out: list[Any] = [Text(""), Hanging(head, first=0, rest=2)]
-    if d.confirmed:
-        c = d.confirmed
-        outcome = c.get("outcome", "confirmed")  # or "not confirmed" / "inconclusive"
-        text = Text(f"{outcome}: with {c.get('intervention')}, {c.get('probe')}: {c.get('after')} "
-                    f"(was: {c.get('before')})", style="green" if outcome == "confirmed" else "yellow")
+    for outcome, sentence in intervention_lines(d.confirmed):
+        text = Text(sentence, style="green" if outcome == "confirmed" else "yellow")
         out.append(Hanging(text, first=2, rest=4))
     if d.explains:
         out.append(Hanging(Text("explains: " + ", ".join(d.explains)), first=2, rest=4))

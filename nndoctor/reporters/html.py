@@ -7,6 +7,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ._words import intervention_lines
+
 __all__ = ["render_html", "diagnosis_of"]
 
 _COLOURS = {"error": "#c62828", "warning": "#b26a00", "info": "#1565c0"}
@@ -42,12 +44,10 @@ def _diagnosis_html(diagnosis: Any) -> str:
     if explains:
         parts.append("<br><span style='opacity:0.75'>explains: "
                      + ", ".join(f"<code>{escape(str(e))}</code>" for e in explains) + "</span>")
-    if confirmed:
-        what = _get(confirmed, "intervention")
-        before, after = _get(confirmed, "before"), _get(confirmed, "after")
-        parts.append(f"<br><span style='opacity:0.75'>confirmed: {escape(str(what))}"
-                     + (f": {escape(str(before))} &rarr; {escape(str(after))}" if before or after else "")
-                     + "</span>")
+    for outcome, sentence in intervention_lines(confirmed):
+        # the intervention's real outcome: confirmed, not confirmed or inconclusive
+        colour = "#2e7d32" if outcome == "confirmed" else _COLOURS["warning"]
+        parts.append(f"<br><span class='nndoctor-intervention' style='color:{colour}'>{escape(sentence)}</span>")
     parts.append("</div>")
     return "".join(parts)
 
