@@ -522,3 +522,52 @@ def test_overfit_target_is_the_loss_fraction_the_check_used():
     report.observations.check_thresholds = {"overfit-tiny-batch": {"loss_fraction": 0.5}}
     ax = only_axes(F.report_figures(report)["overfit"])
     assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.5 * start)
+
+
+# -- the overfit figure draws the loss's floor and the target the check judged by ---------
+def _soft_target_overfit() -> "OverfitRun":
+    """BCE on soft targets: the loss cannot fall below the targets' entropy (0.5 here); the
+    user's run approaches it, so the target the check judges by sits above 0.5."""
+    from nndoctor._probe_records import OverfitCurve, OverfitRun
+
+    losses = [0.5 + 0.2 * 0.9 ** i for i in range(41)]  # 0.7 -> 0.503
+    return OverfitRun(n_samples=8, max_steps=40, task="binary",
+                      runs=[OverfitCurve(optimizer="Adam(lr=0.001)", is_user=True, losses=losses)],
+                      loss_floor=0.5, loss_floor_reason="the targets' entropy (BCE with soft targets)")
+
+
+@pytest.mark.parametrize("loss_fraction", [0.1, 0.3])
+def test_overfit_figure_draws_the_floor_and_the_target_above_it(loss_fraction):
+    from nndoctor.checks.experiments import OverfitTinyBatch
+
+    run = _soft_target_overfit()
+    ax = only_axes(F.overfit_figure(run, loss_fraction=loss_fraction))
+    floor_line = labelled(ax.lines, "the loss's floor on this batch: 0.5 (the targets' entropy")
+    np.testing.assert_allclose(floor_line.get_ydata(), [0.5, 0.5])
+    start = run.runs[0].losses[0]
+    target = labelled(ax.lines, "target").get_ydata()[0]
+    assert target == pytest.approx(0.5 + loss_fraction * (start - 0.5))  # not loss_fraction * start
+    assert "floor" in labelled(ax.lines, "target").get_label()
+    # The line drawn is the one the check judged by: the first loss at or under it is the
+    # step OverfitTinyBatch.fitted_at names.
+    check = OverfitTinyBatch(loss_fraction=loss_fraction)
+    fitted = check.fitted_at(run.runs[0], run.loss_floor)
+    losses = ax.lines[0].get_ydata()
+    assert fitted is not None and fitted == int(np.argmax(losses <= target + 1e-12))
+
+
+def test_overfit_floor_in_a_whole_report_with_the_threshold_the_check_used():
+    report = make_report()
+    report.experiments = dict(report.experiments, overfit=_soft_target_overfit())
+    report.observations.check_thresholds = {"overfit-tiny-batch": {"loss_fraction": 0.5}}
+    ax = only_axes(F.report_figures(report)["overfit"])
+    start = report.experiments["overfit"].runs[0].losses[0]
+    assert labelled(ax.lines, "target").get_ydata()[0] == pytest.approx(0.5 + 0.5 * (start - 0.5))
+    np.testing.assert_allclose(labelled(ax.lines, "the loss's floor").get_ydata(), [0.5, 0.5])
+
+
+def test_overfit_figure_without_a_floor_draws_none():
+    ax = only_axes(F.overfit_figure(make_experiments()["overfit"], loss_fraction=0.1))
+    assert not [line for line in ax.lines if "floor" in line.get_label()]
+    assert F.overfit_floor(make_experiments()["overfit"]) == (0.0, None)
+    assert F.overfit_floor({"loss_floor": float("nan")}) == (0.0, None)

@@ -32,6 +32,7 @@ __all__ = [
     "find_experiment",
     "report_experiments",
     "overfit_runs",
+    "overfit_floor",
     "lr_sweep_runs",
     "lr_range_curve",
     "random_input_curves",
@@ -120,6 +121,20 @@ def overfit_runs(experiment: Any) -> tuple[list[dict[str, Any]], float | None]:
         is_user = bool(run.get("is_user", i == 0))
         runs.append({"label": label, "steps": steps, "losses": losses, "is_user": is_user})
     return runs, target
+
+
+def overfit_floor(experiment: Any) -> tuple[float, str | None]:
+    """(the lowest value the loss can reach on the tiny batch, how it was derived) as the
+    overfit probe measured it (``OverfitRun.loss_floor`` / ``loss_floor_reason``); (0.0,
+    None) when the experiment does not say or the value is not finite."""
+    mapping = as_mapping(experiment)
+    if mapping is None:
+        return 0.0, None
+    floor = as_float(mapping.get("loss_floor"))
+    if floor is None or not math.isfinite(floor):
+        return 0.0, None
+    reason = mapping.get("loss_floor_reason")
+    return floor, (str(reason) if reason else None)
 
 
 def lr_sweep_runs(experiment: Any) -> tuple[list[tuple[float, list[float]]], float | None]:
@@ -235,18 +250,23 @@ def overfit_figure(
 ) -> Figure | None:
     """Loss per iteration while overfitting one tiny fixed batch, one line per run (the
     user's optimizer first, drawn thicker; then any retry), log scale when every value
-    is positive, with the target loss: the experiment's own, else ``loss_fraction`` (the
-    ``overfit-tiny-batch`` threshold the check judged with) times the first loss."""
+    is positive, with the loss's floor on this batch when it is not 0 (``loss_floor`` of
+    the probe's ``OverfitRun``: the targets' entropy for BCE with soft targets, ...) and
+    the target loss: the experiment's own, else the one the check judged by
+    (``OverfitCurve.fitted_at``): ``loss_fraction`` (the ``overfit-tiny-batch``
+    threshold) of the way from the floor to the first loss."""
     if experiment is None:
         return None
     runs, target = overfit_runs(experiment)
     if not runs:
         return None
+    floor, floor_reason = overfit_floor(experiment)
     start = runs[0]["losses"][0]
     target_label = f"target {target:g}" if target is not None else ""
-    if target is None and loss_fraction is not None and math.isfinite(start) and start > 0:
-        target = loss_fraction * start
-        target_label = f"target: {loss_fraction:g} x the first loss = {target:.3g}"
+    if target is None and loss_fraction is not None and math.isfinite(start) and start > floor:
+        target = floor + loss_fraction * (start - floor)
+        target_label = (f"target: floor + {loss_fraction:g} x (first loss - floor) = {target:.3g}" if floor
+                        else f"target: {loss_fraction:g} x the first loss = {target:.3g}")
     fig, ax = new_figure()
     positive = all(np.all(np.isfinite(r["losses"]) & (np.asarray(r["losses"]) > 0)) for r in runs)
     for run in runs:
@@ -261,6 +281,9 @@ def overfit_figure(
             first_bad = np.asarray(run["steps"])[~finite][0]
             ax.axvline(first_bad, color="red", linestyle=":",
                        label=f"{run['label']}: non-finite from iteration {int(first_bad)}")
+    if floor and (floor > 0 or not positive):
+        ax.axhline(floor, color="tab:gray", linestyle=":", linewidth=1.2,
+                   label=f"the loss's floor on this batch: {floor:.3g}" + (f" ({floor_reason})" if floor_reason else ""))
     if target is not None and (target > 0 or not positive):
         ax.axhline(target, color="tab:green", linestyle="--", linewidth=1.2, label=target_label)
     if positive:

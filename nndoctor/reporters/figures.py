@@ -72,6 +72,7 @@ from .experiment_figures import (  # noqa: F401  (re-exported: one import for ev
     lr_sweep_figure,
     lr_sweep_runs,
     overfit_figure,
+    overfit_floor,
     overfit_runs,
     random_input_curves,
     random_input_figure,
