@@ -132,7 +132,11 @@ def judge(checks: Iterable[Check], obs: Any) -> Judgement:
     the others: it is skipped with "internal error ..." and a note; in strict mode the
     exception propagates."""
     out = Judgement()
+    # What each check judged with, a user's override included: the figures draw these.
+    used = getattr(obs, "check_thresholds", None)
     for check in checks:
+        if isinstance(used, dict):
+            used[check.id] = dict(check.values)
         try:
             found, reason = check.run(obs)
         except Exception as exc:  # a broken check must not hide the others' findings

@@ -154,7 +154,7 @@ class Doctor:
         if logdir is not None:
             from .reporters.tensorboard import TensorBoardStream
 
-            self._stream = TensorBoardStream(logdir)
+            self._stream = TensorBoardStream(logdir, thresholds={c.id: c.values for c in self.checks})
             on_sync = self._stream.write_steps
         self._logdir = str(logdir) if logdir is not None else None
         recorder = Recorder(

@@ -191,6 +191,12 @@ class Report:
         seen_skips: dict[str, dict[str, str]] = {}
         for s in skipped:
             seen_skips.setdefault(s["check"], s)
+        observations = self.observations if self.observations is not None else other.observations
+        kept = getattr(observations, "check_thresholds", None)
+        if isinstance(kept, dict) and other.observations is not observations:
+            # the thresholds the other side's checks judged with (the figures draw them)
+            for cid, values in (getattr(other.observations, "check_thresholds", None) or {}).items():
+                kept.setdefault(cid, dict(values))
         return Report(
             findings=[*self.findings, *other.findings],
             checks_run=run,
@@ -198,7 +204,7 @@ class Report:
             steps_observed=max(self.steps_observed, other.steps_observed),
             model=self.model or other.model,
             script=self.script or other.script,
-            observations=self.observations if self.observations is not None else other.observations,
+            observations=observations,
             experiments={**self.experiments, **other.experiments},
             logdir=self.logdir or other.logdir,
             notes=list(dict.fromkeys([*self.notes, *other.notes])),

@@ -91,8 +91,20 @@ def summary_markdown(report: Any) -> str:
 
 
 # -- custom scalars ------------------------------------------------------------------
-def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
-    """The layout for TensorBoard's Custom Scalars dashboard (tags are regexes)."""
+def custom_scalars_layout(
+    activation_band: tuple[float, float] | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """The layout for TensorBoard's Custom Scalars dashboard (tags are regexes).
+    ``activation_band``: the ``activation-std`` check's (low, high) as it judges with
+    them (a user's override included), named in the chart's title; by default the
+    check's documented defaults."""
+    if activation_band is None:
+        from ..checks._registry import REGISTRY  # pure Python: the catalogue of defaults
+
+        defaults = {t.name: t.default for t in REGISTRY["activation-std"].thresholds}
+        activation_band = (defaults["low"], defaults["high"])
+    low, high = activation_band
+
     def rx(*parts: str) -> str:
         return re.escape("nndoctor/" + "/".join(parts))
 
@@ -104,7 +116,7 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
             "non-finite values": ["Multiline", [rx("nonfinite") + "/.*"]],
         },
         "nndoctor: activations": {
-            "std per layer (healthy 0.5-2)": ["Multiline", [rx("activation", "std") + "/.*"]],
+            f"std per layer (activation-std band {low:g}-{high:g})": ["Multiline", [rx("activation", "std") + "/.*"]],
             "mean per layer": ["Multiline", [rx("activation", "mean") + "/.*"]],
             "dead fraction (ReLU)": ["Multiline", [rx("activation", "dead_fraction") + "/.*"]],
             "saturated fraction (sigmoid/tanh)": ["Multiline", [rx("activation", "saturated_fraction") + "/.*"]],

@@ -132,11 +132,14 @@ class TensorBoardStream:
     ``SummaryWriter`` to write into instead; it is flushed, never closed, by
     :meth:`close`. ``per_parameter=False`` skips the per-parameter scalars (gradient
     norms and update ratios of sampled steps) for very large models; totals and
-    distributions are still written.
+    distributions are still written. ``thresholds`` (check id -> {name: value}): those
+    the checks judge with, for what the layout names (the ``activation-std`` band); by
+    default those recorded on the observations, else the checks' defaults.
     """
 
     def __init__(self, logdir: "str | os.PathLike[str] | None" = None, *, writer: Any = None,
-                 flush_secs: int = 30, per_parameter: bool = True) -> None:
+                 flush_secs: int = 30, per_parameter: bool = True,
+                 thresholds: "Mapping[str, Mapping[str, float]] | None" = None) -> None:
         if writer is None:
             if logdir is None:
                 raise ValueError("TensorBoardStream needs a logdir or a SummaryWriter")
@@ -151,6 +154,7 @@ class TensorBoardStream:
         # A writer handed in decides where files go; the PNGs follow it.
         self.logdir = str(logdir) if self._owns_writer else _writer_logdir(writer)
         self.per_parameter = per_parameter
+        self.check_thresholds = {cid: dict(values) for cid, values in (thresholds or {}).items()}
         self._written_steps: set[int] = set()
         self._layout_written = False
         self._experiments_written: set[str] = set()
@@ -173,7 +177,7 @@ class TensorBoardStream:
         returns how many steps were new. ``obs`` gives the context (forward order,
         non-finite events)."""
         self._check_open()
-        self._write_layout()
+        self._write_layout(obs)
         new = 0
         events_by_step: dict[int, int] = {}
         for event in getattr(obs, "nonfinite", None) or []:
@@ -210,8 +214,8 @@ class TensorBoardStream:
         experiment curves and the figures (PNG files in the logdir and images in
         TensorBoard). Returns ``{figure name: PNG path}``."""
         self._check_open()
-        self._write_layout()
         obs = getattr(report, "observations", None)
+        self._write_layout(obs)
         if obs is not None and getattr(obs, "steps", None):
             self.write_steps(obs, obs.steps)
         step = self._text_step(report)
@@ -250,9 +254,13 @@ class TensorBoardStream:
             return max(self._written_steps)
         return int(getattr(report, "steps_observed", 0) or 0)
 
-    def _write_layout(self) -> None:
+    def _write_layout(self, obs: Any) -> None:
         if not self._layout_written:
-            self.writer.add_custom_scalars(custom_scalars_layout())
+            band = _fig.check_thresholds(self if "activation-std" in self.check_thresholds else obs,
+                                         "activation-std")
+            low, high = band.get("low"), band.get("high")
+            self.writer.add_custom_scalars(
+                custom_scalars_layout((low, high) if low is not None and high is not None else None))
             self._layout_written = True
 
     def _scalar(self, name: str, value: Any, step: int) -> None:
