@@ -424,3 +424,20 @@ def test_each_step_is_written_as_one_event(tmp_path):
     assert per_step == {s: 1 for s in range(12)}
     assert {"nndoctor/loss/value", "nndoctor/activation/std/fc1",
             "nndoctor/distribution/grad_norm_log10"} <= values[data.SAMPLED[1]]
+
+
+def test_findings_page_leads_with_the_diagnosis_and_its_real_outcome():
+    report = make_report()
+    assert report.diagnosis.cause == "dead-relu"
+    report.diagnosis.confirm("weights re-initialised", "overfit-tiny-batch", "not fitted in 100 steps",
+                             "not fitted in 100 steps", outcome="not confirmed")
+    html = markdown_to_safe_html(findings_markdown(report))
+    lead = html[:html.index("<table>")]
+    assert "<strong>Diagnosis:</strong> <code>dead-relu</code>" in lead
+    assert "not confirmed: with weights re-initialised, overfit-tiny-batch: not fitted in 100 steps" in lead
+    assert "explains: <code>loss-not-decreasing</code>" in lead
+    rows = {c[1]: c for c in (re.findall(r"<td>(.*?)</td>", row, flags=re.S)
+                              for row in re.findall(r"<tr>(.*?)</tr>", html, flags=re.S)) if c}
+    assert rows["loss-not-decreasing"][3].endswith("(explained by <code>dead-relu</code>)")
+    assert "explained by" not in rows["dead-relu"][3]
+    assert "Diagnosis" not in findings_markdown(make_report(findings=[]))

@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+from ._words import intervention_lines
+
 __all__ = ["findings_markdown", "evidence_markdown", "summary_markdown", "custom_scalars_layout"]
 
 
@@ -50,8 +52,11 @@ def findings_markdown(report: Any) -> str:
         where = f.where if f.where is not None else ""
         if f.step is not None:
             where = f"{where} (step {f.step})" if where else f"step {f.step}"
+        message = f.message
+        if getattr(f, "explained_by", None):
+            message += f"\n(explained by `{f.explained_by}`)"
         rows.append(
-            "| " + " | ".join(_md_cell(c) for c in (f"**{severity}**", f.check, where, f.message, f.fix)) + " |"
+            "| " + " | ".join(_md_cell(c) for c in (f"**{severity}**", f.check, where, message, f.fix)) + " |"
         )
     counts: dict[str, int] = {}
     for f in findings:
@@ -59,7 +64,20 @@ def findings_markdown(report: Any) -> str:
         counts[key] = counts.get(key, 0) + 1
     head = ", ".join(f"{n} {sev}" for sev, n in counts.items())
     checks = f"{run} check{'s' if run != 1 else ''} run"
-    return f"{len(findings)} finding{'s' if len(findings) != 1 else ''} ({head}); {checks}.\n\n" + "\n".join(rows)
+    return (f"{len(findings)} finding{'s' if len(findings) != 1 else ''} ({head}); {checks}.\n\n"
+            + _diagnosis_markdown(getattr(report, "diagnosis", None)) + "\n".join(rows))
+
+
+def _diagnosis_markdown(diagnosis: Any) -> str:
+    """The lead of the findings page, as the console's: the root cause, why, what it
+    explains, and the intervention's real outcome; "" without a diagnosis."""
+    if diagnosis is None or not getattr(diagnosis, "cause", None):
+        return ""
+    lines = [f"**Diagnosis:** `{diagnosis.cause}` ({diagnosis.confidence} confidence) — {diagnosis.summary}"]
+    lines += [sentence for _, sentence in intervention_lines(diagnosis.confirmed)]
+    if diagnosis.explains:
+        lines.append("explains: " + ", ".join(f"`{e}`" for e in diagnosis.explains))
+    return "<br>".join(_md_cell(line) for line in lines) + "\n\n"
 
 
 def evidence_markdown(report: Any) -> str:
