@@ -57,7 +57,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "random_input_samples": 16,  # training half; as many again are held out when present
     "random_input_eval_every": 3,
     "pairing_samples": 512,  # the checkup batch + the watched batches, half of them held out
-    "pairing_steps": 100,
+    "pairing_steps": 300,  # at most: the copy stops once it has memorised its half
     "sweep_steps": 25,
     "sweep_samples": 16,
     "range_iters": 100,

@@ -382,11 +382,12 @@ class RandomInputLoss(Check):
         ),
         Threshold(
             "max_fit_fraction",
-            0.3,
+            0.4,
             "pairing experiment: judged 'not paired' only when the copy memorised its training half, "
-            "its loss falling to at most this fraction of its start: a model that has not learned "
-            "its own samples (a language model early on, a hard task) cannot be expected to "
-            "generalise, and then the experiment is inconclusive",
+            "its loss falling to at most this fraction of its start (10 random digit classes: 2.31 -> "
+            "0.73 in 300 Adam steps): a model that has not learned its own samples (a language model "
+            "early on, a hard task) cannot be expected to generalise, and then the experiment is "
+            "inconclusive",
             "fraction of the initial training loss",
         ),
         Threshold(
