@@ -28,56 +28,11 @@ The verdict (``pairing_verdict``) is one of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
-from .._probe_records import Record
+from .._probe_records import PairingRun
 
 __all__ = ["PairingRun", "pairing_verdict"]
-
-
-@dataclass
-class PairingRun(Record):
-    """Held-out loss with the real labels against permuted-label controls."""
-
-    n_train: int = 0
-    n_holdout: int = 0
-    n_watched: int = 0            # samples of the pool that came from the watched batches
-    n_duplicates: int = 0         # repeated samples dropped (a sample on both sides would leak)
-    steps: int = 0
-    optimizer: str = "Adam(lr=0.001)"
-    n_permutations: int = 0
-    changed_fraction: float = math.nan  # share of held-out labels a permutation changes (mean)
-    eval_steps: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)          # whole training half, per eval step
-    train_accuracy: list[float | None] = field(default_factory=list)
-    holdout_real: list[float] = field(default_factory=list)        # held-out loss, real labels
-    holdout_permuted: list[float] = field(default_factory=list)    # mean over the controls
-    holdout_permuted_std: list[float] = field(default_factory=list)
-    p_value: float = math.nan     # max-statistic permutation test over the eval points
-    best_step: int | None = None  # eval step where the real labels gain most (in control stds)
-    skipped: str | None = None
-
-    @property
-    def fit_fraction(self) -> float:
-        """The training half's loss at the end, as a fraction of its start (nan if unknown)."""
-        tl = self.train_loss
-        if len(tl) < 2 or not all(math.isfinite(v) for v in (tl[0], tl[-1])) or tl[0] <= 0:
-            return math.nan
-        return tl[-1] / tl[0]
-
-    @property
-    def gain(self) -> float:
-        """How much lower the real labels' held-out loss is than the controls' mean, as a
-        fraction of the held-out loss at the start (the largest over the eval points)."""
-        if not self.holdout_real or not self.holdout_permuted:
-            return math.nan
-        start = abs(self.holdout_permuted[0]) or abs(self.holdout_real[0])
-        if not math.isfinite(start) or start == 0:
-            return math.nan
-        gaps = [(p - r) / start for r, p in zip(self.holdout_real, self.holdout_permuted)
-                if math.isfinite(r) and math.isfinite(p)]
-        return max(gaps) if gaps else math.nan
 
 
 def pairing_verdict(run: PairingRun | dict[str, Any], *, max_p_paired: float, min_p_unpaired: float,

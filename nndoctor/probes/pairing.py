@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from .._tree import map_tensors, tensors
-from ..checks.pairing import PairingRun
+from .._probe_records import PairingRun
 from .context import ModelCall, ProbeContext, call, optimizer_step
 from .isolation import ProbeSkip
 
