@@ -226,6 +226,7 @@ class PairingRun(Record):
     optimizer: str = "Adam(lr=0.001)"
     n_permutations: int = 0
     changed_fraction: float = math.nan  # share of held-out labels a permutation changes (mean)
+    prior_loss: float | None = None  # the best input-independent loss on the training half (label entropy)
     eval_steps: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)          # whole training half, per eval step
     train_accuracy: list[float | None] = field(default_factory=list)
@@ -238,11 +239,16 @@ class PairingRun(Record):
 
     @property
     def fit_fraction(self) -> float:
-        """The training half's loss at the end, as a fraction of its start (nan if unknown)."""
+        """The training half's loss at the end, as a fraction of its start, or of the label
+        prior's loss when that is lower (a start inflated by a huge init is no yardstick);
+        nan if unknown."""
         tl = self.train_loss
         if len(tl) < 2 or not all(math.isfinite(v) for v in (tl[0], tl[-1])) or tl[0] <= 0:
             return math.nan
-        return tl[-1] / tl[0]
+        ref = tl[0]
+        if isinstance(self.prior_loss, (int, float)) and math.isfinite(self.prior_loss) and 0 < self.prior_loss < ref:
+            ref = self.prior_loss
+        return tl[-1] / ref
 
     @property
     def gain(self) -> float:

@@ -189,12 +189,13 @@ def measure(ctx: ProbeContext, pairs: Sequence[tuple[Any, Any]] = (), *, max_sam
     changed = [float(torch.cat([(a != b).reshape(-1).double() for a, b in zip(tensors(y), tensors(y_hold))]).mean())
                for y in y_perm[:20]]
 
+    prior = _prior_loss(ctx, y_train)
     torch.manual_seed(ctx.seed)
     clone = ctx.copy_model(dropout_off=True)
     opt = ctx.make_optimizer(clone, adam=True)
     record = PairingRun(n_train=n_train, n_holdout=n_hold, n_watched=watched, n_duplicates=n - len(keep),
                         steps=0, optimizer="Adam(lr=0.001)", n_permutations=len(perms),
-                        changed_fraction=sum(changed) / len(changed) if changed else 0.0)
+                        changed_fraction=sum(changed) / len(changed) if changed else 0.0, prior_loss=prior)
     scores: list[list[float]] = []  # per eval point: [real, control 1, ..., control K]
     mb = max(1, min(int(batch_size), n_train))
     batch_order = torch.randperm(n_train, generator=gen)
@@ -232,6 +233,27 @@ def measure(ctx: ProbeContext, pairs: Sequence[tuple[Any, Any]] = (), *, max_sam
     record.steps = record.eval_steps[-1] if record.eval_steps else 0
     _summarise(record, scores)
     return record
+
+
+def _prior_loss(ctx: ProbeContext, targets: Any) -> float | None:
+    """The loss of the best input-independent prediction on ``targets``, where it is known:
+    the entropy of integer class labels (cross-entropy, NLL) or of 0/1 targets (BCE)."""
+    if not ctx.classification or not isinstance(targets, torch.Tensor) or targets.numel() == 0:
+        return None
+    t = targets.detach()
+    if not t.is_floating_point():
+        t = t.reshape(-1)
+        if ctx.ignore_index is not None:
+            t = t[t != ctx.ignore_index]
+        if t.numel() == 0 or int(t.min()) < 0:
+            return None
+        p = torch.bincount(t).double()
+        p = p[p > 0] / p.sum()
+        return float(-(p * p.log()).sum())
+    if not bool(((t == 0) | (t == 1)).all()):
+        return None
+    q = t.double().reshape(t.shape[0], -1).mean(0).clamp(1e-12, 1 - 1e-12)
+    return float((-(q * q.log() + (1 - q) * (1 - q).log())).mean())
 
 
 def _evident(scores: list[list[float]], margin: float = 5.0) -> bool:
