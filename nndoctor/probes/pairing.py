@@ -163,7 +163,7 @@ def _distinct(inputs: Any, dims: list[int | None], n: int, seed: int) -> list[in
 
 def measure(ctx: ProbeContext, pairs: Sequence[tuple[Any, Any]] = (), *, max_samples: int = 512,
             min_samples: int = 16, steps: int = 300, eval_every: int = 20, batch_size: int = 64,
-            n_permutations: int = 99, stop_fraction: float = 0.05, max_train: int = 96) -> PairingRun:
+            n_permutations: int = 99, stop_fraction: float = 0.05, max_train: int = 64) -> PairingRun:
     if ctx.targets is None or not tensors(ctx.targets):
         raise ProbeSkip("the loss takes no targets apart from the model's inputs (the model computes its "
                         "own loss, or the task has no labels): there is no pairing to test")
