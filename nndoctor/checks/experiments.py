@@ -240,8 +240,9 @@ class RandomInputLoss(Check):
        learns from noise or zeros (`min_holdout_gain`); judged once the model has fitted
        its training half (`min_fit_for_holdout`).
     4. label/input pairing, at default settings: the checkup batch plus the batches the
-       watch saw (their samples kept while watching; repeated samples dropped) are split in
-       half; a copy trains on one half, and its held-out loss with the real labels is
+       watch saw (their samples kept while watching; repeated samples dropped) are split: a
+       copy trains on half of them (64 at most, until it has memorised them or for 300 Adam
+       steps), and its held-out loss on the rest with the real labels is
        compared with the same labels permuted among the held-out samples (99 permutations,
        the control). A permutation test gives the p-value. Labels that beat the controls
        (`max_p_paired`) are paired; labels no better than the controls (`min_p_unpaired`)
@@ -278,13 +279,14 @@ class RandomInputLoss(Check):
       healthy setup; it is therefore a warning only. Pass a larger batch to `checkup`.
     - The pairing experiment (4) warns only when the copy memorised its training half yet
       learned nothing that carries over to held-out samples; a healthy task that cannot
-      generalise at all from ~50-250 samples (a very hard one) looks the same. Tasks
-      where a sample's label depends on other samples are out of its scope.
+      generalise at all from 64 samples (a very hard one) looks the same. Fitting random
+      targets on purpose (a tutorial's `y = torch.randn(...)`) is, rightly, reported.
+      Tasks where a sample's label depends on other samples are out of its scope.
 
     ## Example
     `x, y = x[torch.randperm(n)], y[torch.randperm(n)]` (two permutations) or two
-    `shuffle=True` loaders zipped: the copy memorises its 68 training samples (loss 1.41 ->
-    0.17) but predicts the 69 held-out labels no better than permuted labels (p = 0.5), and
+    `shuffle=True` loaders zipped: the copy memorises its 64 training samples (loss 1.41 ->
+    0.07) but predicts the 73 held-out labels no better than permuted labels (p = 0.6), and
     the check warns "the labels do not depend on their inputs".
     `return self.fc(torch.zeros_like(x))` gives an error.
 
