@@ -307,6 +307,9 @@ class Doctor:
         # diagnosis of watch + checkup (what the merged report shows), not the checkup's alone.
         if "prior_findings" not in options and self._observations is not None and self._recorder is None:
             options["prior_findings"] = self.report().findings
+        # The pairing experiment holds out the samples of the batches the watch saw.
+        if "pairs" not in options and self._recorder is None:
+            options["pairs"] = self.captured_batch.get("pairs")
         return run_checkup(
             model if model is not None else self.model, batch,
             optimizer=optimizer if optimizer is not None else self.optimizer,

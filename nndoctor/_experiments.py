@@ -34,7 +34,7 @@ from ._probe_records import ProbeSkipped, Record
 from ._report import Finding, Report
 from .checks._base import Check
 from .checks.experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
-from .probes import ProbeContext, ProbeSkip, gradcheck, init_loss, interventions, isolated, lr_sweep, overfit, random_input
+from .probes import ProbeContext, ProbeSkip, gradcheck, init_loss, interventions, isolated, lr_sweep, overfit, pairing, random_input
 from .probes.lr_sweep import lr_suggestions
 
 __all__ = ["run_checkup", "EXPERIMENT_IDS", "DEFAULT_OPTIONS", "lr_suggestions"]
@@ -56,6 +56,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "random_input_steps": 30,
     "random_input_samples": 16,  # training half; as many again are held out when present
     "random_input_eval_every": 3,
+    "pairing_samples": 512,  # the checkup batch + the watched batches, half of them held out
+    "pairing_steps": 300,  # at most: the copy stops once it has memorised its half
     "sweep_steps": 25,
     "sweep_samples": 16,
     "range_iters": 100,
@@ -93,6 +95,7 @@ def run_checkup(
     checks: "CheckSet | Mapping[str, Check] | None" = None,
     figures_dir: Any = None,
     prior_findings: "Sequence[Finding] | None" = None,
+    pairs: "Sequence[tuple[Any, Any, Any]] | None" = None,
     **options: Any,
 ) -> Report:
     """Run the experiments on copies of ``model`` and judge them.
@@ -116,6 +119,9 @@ def run_checkup(
     ``prior_findings``: what a watch already found (``Doctor.checkup`` passes them), so
     the intervention targets the diagnosis of watch + checkup, the report the CLI shows
     after merging both; the returned report's ``diagnosis`` is then that joint diagnosis.
+    ``pairs``: ``(args, kwargs, targets)`` of batches the script trained on (``Doctor.checkup``
+    passes the ones its watch kept): the pairing experiment of ``random-input-loss`` holds
+    out half of them with the batch.
 
     The user's model, optimizer, RNG streams, ``training`` flags and ``requires_grad``
     map are left exactly as they were.
@@ -133,6 +139,7 @@ def run_checkup(
             "no targets"
         )
     checks = _build_checks(checks, select, ignore, overrides)
+    opts["pairs"] = pairs
 
     obs = Observations()
     obs.model_class = type(model).__name__
@@ -274,6 +281,10 @@ def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple
         probes.append(("random_input", lambda ctx: random_input.measure(
             ctx, n_samples=int(opts["random_input_samples"]), steps=int(opts["random_input_steps"]),
             eval_every=int(opts["random_input_eval_every"]),
+        )))
+        probes.append(("pairing", lambda ctx: pairing.measure(
+            ctx, pairing.watched_pairs(opts.get("pairs"), ctx), max_samples=int(opts["pairing_samples"]),
+            steps=int(opts["pairing_steps"]),
         )))
     grad = checks.get(GradientCheck.id)
     if grad is not None:

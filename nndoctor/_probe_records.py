@@ -10,6 +10,7 @@ key                record                  judged by
 ``init``           :class:`InitLoss`       ``chance-level-loss``
 ``overfit``        :class:`OverfitRun`     ``overfit-tiny-batch``
 ``random_input``   :class:`RandomInputRun` ``random-input-loss``
+``pairing``        :class:`PairingRun`     ``random-input-loss``
 ``lr_sweep``       :class:`LrSweepRun`     ``lr-sweep``
 ``lr_range``       :class:`LrRangeTest`    ``lr-sweep``
 ``gradcheck``      :class:`GradcheckRun`   ``gradient-check``
@@ -36,6 +37,7 @@ __all__ = [
     "OverfitCurve",
     "OverfitRun",
     "RandomInputRun",
+    "PairingRun",
     "LrTrial",
     "LrSweepRun",
     "LrRangeTest",
@@ -213,6 +215,56 @@ class RandomInputRun(Record):
 
 
 @dataclass
+class PairingRun(Record):
+    """Held-out loss with the real labels against permuted-label controls."""
+
+    n_train: int = 0
+    n_holdout: int = 0
+    n_watched: int = 0            # samples of the pool that came from the watched batches
+    n_duplicates: int = 0         # repeated samples dropped (a sample on both sides would leak)
+    steps: int = 0
+    optimizer: str = "Adam(lr=0.001)"
+    n_permutations: int = 0
+    changed_fraction: float = math.nan  # share of held-out labels a permutation changes (mean)
+    prior_loss: float | None = None  # the best input-independent loss on the training half (label entropy)
+    eval_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)          # whole training half, per eval step
+    train_accuracy: list[float | None] = field(default_factory=list)
+    holdout_real: list[float] = field(default_factory=list)        # held-out loss, real labels
+    holdout_permuted: list[float] = field(default_factory=list)    # mean over the controls
+    holdout_permuted_std: list[float] = field(default_factory=list)
+    p_value: float = math.nan     # max-statistic permutation test over the eval points
+    best_step: int | None = None  # eval step where the real labels gain most (in control stds)
+    skipped: str | None = None
+
+    @property
+    def fit_fraction(self) -> float:
+        """The training half's loss at the end, as a fraction of its start, or of the label
+        prior's loss when that is lower (a start inflated by a huge init is no yardstick);
+        nan if unknown."""
+        tl = self.train_loss
+        if len(tl) < 2 or not all(math.isfinite(v) for v in (tl[0], tl[-1])) or tl[0] <= 0:
+            return math.nan
+        ref = tl[0]
+        if isinstance(self.prior_loss, (int, float)) and math.isfinite(self.prior_loss) and 0 < self.prior_loss < ref:
+            ref = self.prior_loss
+        return tl[-1] / ref
+
+    @property
+    def gain(self) -> float:
+        """How much lower the real labels' held-out loss is than the controls' mean, as a
+        fraction of the held-out loss at the start (the largest over the eval points)."""
+        if not self.holdout_real or not self.holdout_permuted:
+            return math.nan
+        start = abs(self.holdout_permuted[0]) or abs(self.holdout_real[0])
+        if not math.isfinite(start) or start == 0:
+            return math.nan
+        gaps = [(p - r) / start for r, p in zip(self.holdout_real, self.holdout_permuted)
+                if math.isfinite(r) and math.isfinite(p)]
+        return max(gaps) if gaps else math.nan
+
+
+@dataclass
 class LrTrial(Record):
     lr: float = math.nan
     losses: list[float] = field(default_factory=list)
@@ -345,6 +397,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     "init": InitLoss,
     "overfit": OverfitRun,
     "random_input": RandomInputRun,
+    "pairing": PairingRun,
     "lr_sweep": LrSweepRun,
     "lr_range": LrRangeTest,
     "gradcheck": GradcheckRun,

@@ -21,8 +21,10 @@ def test_zoo_is_big_enough():
 # weak"). Asserted exactly: a fix makes the test fail until its line is removed here.
 KNOWN_MISSES = {
     ("wrong-custom-backward", "watch"): "only the gradient check, an experiment, sees a wrong backward",
+    # Watching alone trains no copy: without a held-out set and a permuted-label control,
+    # unpaired labels look like a slow start. With the experiments, random-input-loss's
+    # pairing test (the watched batches held out) names it.
     ("labels-shuffled-separately", "watch"): "nothing in watch mode looks at input/label pairing",
-    ("labels-shuffled-separately", "checkup"): "random-input-loss holds out 16 samples and needs 32 to warn: info only",
 }
 MODES = ("watch", "checkup")
 

@@ -19,6 +19,7 @@ import math
 from typing import Any, Iterable
 
 from .._probe_records import OverfitCurve, OverfitRun, RandomInputRun
+from .pairing import PairingRun, pairing_verdict
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Skip, Threshold
 from ._experiment_common import CS231N, DEEPCHECKER, KARPATHY, ZHANG_2017, _BASELINE_WORDS, _curve, _data, _finite, _fmt, _inconclusive_if_not_finite
@@ -238,6 +239,19 @@ class RandomInputLoss(Check):
        learns from the real inputs must predict the held-out labels better than what it
        learns from noise or zeros (`min_holdout_gain`); judged once the model has fitted
        its training half (`min_fit_for_holdout`).
+    4. label/input pairing, at default settings: the checkup batch plus the batches the
+       watch saw (their samples kept while watching; repeated samples dropped) are split: a
+       copy trains on half of them (64 at most, until it has memorised them or for 300 Adam
+       steps), and its held-out loss on the rest with the real labels is
+       compared with the same labels permuted among the held-out samples (99 permutations,
+       the control). A permutation test gives the p-value. Labels that beat the controls
+       (`max_p_paired`) are paired; labels no better than the controls (`min_p_unpaired`)
+       while the copy memorised its training half (`max_fit_fraction`), with enough samples
+       on each side (`min_pairing_samples`, and `min_label_changes` held-out labels that a
+       permutation changes), are not paired: a warning. Anything else is
+       inconclusive and says nothing. When this experiment ran, it replaces (3).
+       For a model called as `model(X, Y)` that computes its own loss, the noise and zeros of
+       (1)-(2) replace X only, never the targets passed into the model.
 
     ## Why it matters
     If the loss behaves the same with random data as with real data, the input does not
@@ -263,11 +277,18 @@ class RandomInputLoss(Check):
     - The held-out comparison (3) needs the task to be learnable from half a batch in a
       few tens of steps: on hard data (natural images, 16 samples) it can warn on a
       healthy setup; it is therefore a warning only. Pass a larger batch to `checkup`.
+    - The pairing experiment (4) warns only when the copy memorised its training half yet
+      learned nothing that carries over to held-out samples; a healthy task that cannot
+      generalise at all from 64 samples (a very hard one) looks the same. Fitting random
+      targets on purpose (a tutorial's `y = torch.randn(...)`) is, rightly, reported.
+      Tasks where a sample's label depends on other samples are out of its scope.
 
     ## Example
-    `labels = labels[torch.randperm(len(labels))]` after loading: the copy still memorises
-    the training half, but on the held-out half the real inputs do no better than noise,
-    and the check warns. `return self.fc(torch.zeros_like(x))` gives an error.
+    `x, y = x[torch.randperm(n)], y[torch.randperm(n)]` (two permutations) or two
+    `shuffle=True` loaders zipped: the copy memorises its 64 training samples (loss 1.41 ->
+    0.07) but predicts the 73 held-out labels no better than permuted labels (p = 0.6), and
+    the check warns "the labels do not depend on their inputs".
+    `return self.fc(torch.zeros_like(x))` gives an error.
 
     ## References
     - The training checklist: "feed random data and watch the loss"; "check that the
@@ -344,6 +365,50 @@ class RandomInputLoss(Check):
             "and other checks name that cause",
             "fraction of the initial training loss",
         ),
+        Threshold(
+            "max_p_paired",
+            0.05,
+            "pairing experiment: the labels count as paired with their inputs when the held-out "
+            "loss with the real labels beats the permuted-label controls with a permutation-test "
+            "p-value at most this (99 permutations: p = 0.01 means better than all of them; healthy "
+            "classifiers, an LSTM, a transformer and a regression measured 0.01-0.05)",
+            "p-value",
+        ),
+        Threshold(
+            "min_p_unpaired",
+            0.1,
+            "pairing experiment: the labels count as not paired only when the real labels do no "
+            "better than the controls with a p-value at least this (labels shuffled apart from their "
+            "inputs give a p-value spread evenly over 0-1; between the two bounds: inconclusive)",
+            "p-value",
+        ),
+        Threshold(
+            "max_fit_fraction",
+            0.4,
+            "pairing experiment: judged 'not paired' only when the copy memorised its training half, "
+            "its loss falling to at most this fraction of its start (10 random digit classes: 2.31 -> "
+            "0.73 in 300 Adam steps): a model that has not learned its own samples (a language model "
+            "early on, a hard task) cannot be expected to generalise, and then the experiment is "
+            "inconclusive",
+            "fraction of the initial training loss",
+        ),
+        Threshold(
+            "min_pairing_samples",
+            48,
+            "pairing experiment: samples needed on each side (trained on, held out) for a 'not paired' "
+            "verdict; the pool is the checkup batch plus the samples of the batches the watch saw "
+            "(4-5 sampled batches: 128-160 samples at batch size 32)",
+            "samples",
+        ),
+        Threshold(
+            "min_label_changes",
+            24,
+            "pairing experiment: held-out samples whose label a permutation changes, on average, "
+            "needed for a 'not paired' verdict (half of `min_pairing_samples`): labels that are "
+            "nearly all the same (2% positives) change on a sample or two, so the control cannot "
+            "differ from the real labels whatever the pairing",
+            "samples",
+        ),
     )
     citations = (CHECKLIST, KARPATHY, DEEPCHECKER, ZHANG_2017)
 
@@ -402,6 +467,12 @@ class RandomInputLoss(Check):
                         "value.",
                     )
                     return
+        pairing = (getattr(obs, "experiments", None) or {}).get("pairing")
+        if pairing is not None and not pairing.get("skipped"):
+            # The pairing experiment (the watched batches as a larger held-out set, with
+            # permuted-label controls) supersedes the 16-sample held-out comparison below.
+            yield from self._pairing(PairingRun.coerce(pairing))
+            return
         hold = data.get("holdout_loss")
         real_train = (data.get("train_loss") or {}).get("real") or []
         learned = (
@@ -451,6 +522,39 @@ class RandomInputLoss(Check):
                         "augmentation keeps the signal; run the checkup on a bigger batch "
                         "to rule out a batch too small to generalise from.",
                     )
+
+    def _pairing(self, run: PairingRun) -> Iterable[Finding]:
+        verdict = pairing_verdict(
+            run, max_p_paired=self.max_p_paired, min_p_unpaired=self.min_p_unpaired,
+            max_fit_fraction=self.max_fit_fraction, min_samples=self.min_pairing_samples,
+            min_label_changes=self.min_label_changes)
+        if verdict != "unpaired":
+            return
+        at = run.eval_steps.index(run.best_step) if run.best_step in run.eval_steps else len(run.eval_steps) - 1
+        real, control, spread = run.holdout_real[at], run.holdout_permuted[at], run.holdout_permuted_std[at]
+        watched = f", {run.n_watched} of them from the watched batches" if run.n_watched else ""
+        yield self.finding(
+            f"The labels do not depend on their inputs: a copy trained on {run.n_train} samples "
+            f"memorised them (loss {_fmt(run.train_loss[0])} -> {_fmt(run.train_loss[-1])}) but predicts "
+            f"the labels of {run.n_holdout} held-out samples{watched} no better than the same labels "
+            f"randomly permuted (held-out loss {_fmt(real)} with the real labels, {_fmt(control)} ± "
+            f"{_fmt(spread)} with {run.n_permutations} permutations; p = {run.p_value:.2f}). Inputs and "
+            "labels are most likely shuffled or indexed separately.",
+            severity=Severity.WARNING,
+            holdout_gain=run.gain,
+            p_value=run.p_value,
+            n_train=run.n_train,
+            n_holdout=run.n_holdout,
+            n_watched=run.n_watched,
+            fit_fraction=run.fit_fraction,
+            holdout_curves={"real": _curve(run.holdout_real), "permuted": _curve(run.holdout_permuted)},
+            train_curve=_curve(run.train_loss),
+            eval_steps=list(run.eval_steps),
+            optimizer=run.optimizer,
+            fix="Shuffle inputs and labels together: one Dataset returning (x, y), or one index "
+            "(`idx = torch.randperm(n); x, y = x[idx], y[idx]`), never two `randperm` calls or two "
+            "`shuffle=True` loaders zipped; check that the label column is the right one.",
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -43,13 +43,14 @@ from .gradients import GradientObserver
 from .inputs import InputObserver
 from .loss import LossObserver
 from .loss_graph import LossGraphObserver
+from .pairs import PairObserver
 from .probe import UnregisteredModuleProbe
 from .updates import UpdateObserver
 
 # The units, in the order they hear each event (the loss graph before the inputs: the
 # inputs unit reads the labels from the loss node the graph unit found).
 UNITS: tuple[type[Observer], ...] = (
-    LossObserver, GradientObserver, UpdateObserver, LossGraphObserver, InputObserver,
+    LossObserver, GradientObserver, UpdateObserver, LossGraphObserver, PairObserver, InputObserver,
     ActivationObserver, UnregisteredModuleProbe,
 )
 

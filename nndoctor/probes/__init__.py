@@ -16,12 +16,13 @@ module              measures                            record
 ``lr_sweep``        LR x0.1/x1/x10, LR range test       ``LrSweepRun``, ``LrRangeTest``
 ``gradcheck``       analytic vs numerical gradients     ``GradcheckRun``
 ``interventions``   a root cause's fix, before/after    ``InterventionTrial``
+``pairing``         held-out real vs permuted labels    ``PairingRun``
 ==================  ==================================  ====================
 """
 
-from . import gradcheck, init_loss, interventions, lr_sweep, overfit, random_input
+from . import gradcheck, init_loss, interventions, lr_sweep, overfit, pairing, random_input
 from .context import ProbeContext
 from .isolation import ProbeSkip, isolated
 
 __all__ = ["ProbeContext", "ProbeSkip", "isolated", "init_loss", "overfit", "random_input", "lr_sweep", "gradcheck",
-           "interventions"]
+           "interventions", "pairing"]

@@ -4,14 +4,14 @@ baseline; held-out samples when the batch is big enough, after Zhang et al. 2017
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .._probe_records import RandomInputRun
 from .._tree import map_tensors, tensors
-from .context import ProbeContext, call, float_outputs, train_curve
+from .context import ModelCall, ProbeContext, call, float_outputs, train_curve
 
 __all__ = ["measure"]
 
@@ -27,6 +27,26 @@ def _noise_like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return torch.randint(0, 2, t.shape, generator=gen).bool().to(t.device)
     lo, hi = int(t.min()), int(t.max())
     return torch.randint(lo, hi + 1, t.shape, generator=gen, dtype=torch.int64).to(dtype=t.dtype, device=t.device)
+
+
+# Keyword arguments that carry the targets into a model that computes its own loss
+# (``model(x, targets=y)``, HuggingFace ``labels=``): never replaced by noise.
+TARGET_KEYWORDS = frozenset({"targets", "target", "labels", "label", "y", "y_true"})
+
+
+def _inputs_only(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor], loss_inside: bool) -> Any:
+    """``inputs`` with ``fn`` applied to the model's inputs but not to targets passed into
+    the model: keyword arguments named like targets, and, when the model computes its own
+    loss (the loss takes no targets of its own), every positional argument after the first
+    (``model(X, Y)`` returning ``(logits, loss)``: only X is the input)."""
+    if isinstance(inputs, ModelCall):
+        args = tuple(map_tensors(a, fn) if i == 0 or not loss_inside else a for i, a in enumerate(inputs.args))
+        kwargs = {k: v if k in TARGET_KEYWORDS or (loss_inside and inputs.args) else map_tensors(v, fn)
+                  for k, v in inputs.kwargs.items()}
+        return ModelCall(args, kwargs)
+    if isinstance(inputs, dict):
+        return {k: v if k in TARGET_KEYWORDS else map_tensors(v, fn) for k, v in inputs.items()}
+    return map_tensors(inputs, fn)
 
 
 def _relative_change(a: Any, b: Any) -> float:
@@ -62,15 +82,16 @@ def measure(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 30, eval_eve
     x_hold, y_hold = ctx.take(n_train, 2 * n_train) if holdout else (None, None)
     n_hold = _first_dim(y_hold, x_hold) if holdout else 0
     gen = torch.Generator().manual_seed(ctx.seed + 1)
+    inside = ctx.targets is None or not tensors(ctx.targets)  # the model computes its own loss
     variants: dict[str, tuple[Any, Any]] = {
         "real": (x_train, x_hold),
         "noise": (
-            map_tensors(x_train, lambda t: _noise_like(t, gen)),
-            map_tensors(x_hold, lambda t: _noise_like(t, gen)) if holdout else None,
+            _inputs_only(x_train, lambda t: _noise_like(t, gen), inside),
+            _inputs_only(x_hold, lambda t: _noise_like(t, gen), inside) if holdout else None,
         ),
         "zeros": (
-            map_tensors(x_train, torch.zeros_like),
-            map_tensors(x_hold, torch.zeros_like) if holdout else None,
+            _inputs_only(x_train, torch.zeros_like, inside),
+            _inputs_only(x_hold, torch.zeros_like, inside) if holdout else None,
         ),
     }
     # 1. do the outputs depend on the input at all? (eval mode: no batch statistics)
