@@ -193,6 +193,11 @@ class OverfitRun(Record):
     # was derived; "fitted" is judged on the loss above it.
     loss_floor: float = 0.0
     loss_floor_reason: str | None = None
+    # Where the learning rate the copy trained with came from when it is not the
+    # optimizer's current one (a scheduler's base LR during warm-up), or evidence that the
+    # current one is mid warm-up; ``warmup``: the LR was seen rising over the watched steps.
+    lr_note: str | None = None
+    warmup: bool = False
     skipped: str | None = None
 
 
@@ -287,6 +292,8 @@ class GradcheckModel(Record):
     localized: list[dict[str, Any]] = field(default_factory=list)  # {param, module, rel_error}
     no_gradient: list[str] = field(default_factory=list)
     loss: float | None = None
+    # Why finite differences were not taken: two evaluations at the same weights differed.
+    nondeterministic: str | None = None
     skipped: str | None = None
 
 

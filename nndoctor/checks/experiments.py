@@ -109,6 +109,30 @@ class OverfitTinyBatch(Check):
             "memorises 8 samples in well under 100 Adam steps)",
             "steps",
         ),
+        Threshold(
+            "min_progress",
+            0.15,
+            "a run that never brings the loss this share of the way from its start to its floor "
+            "'barely moves': an error (the broken setups of the bug zoo stay below 15% with their "
+            "own optimizer, healthy ones that are merely slow reach 20-90%)",
+            "fraction of the way to the floor",
+        ),
+        Threshold(
+            "still_falling_share",
+            0.1,
+            "a run is 'still falling' when the last quarter of its steps brought at least this "
+            "share of its whole fall (a steady linear fall brings 25%, a plateau 0-3%): the budget "
+            "ran out on a model that learns, an info",
+            "fraction of the fall",
+        ),
+        Threshold(
+            "plateau_progress",
+            0.5,
+            "a run that levelled off after covering at least this share of the way to the floor "
+            "has met a floor of the model (capacity, a bigram model's conditional entropy): a "
+            "warning; one that stalled before it, an error",
+            "fraction of the way to the floor",
+        ),
     )
     citations = (CHECKLIST, KARPATHY, CS231N, DEEPCHECKER)
 
@@ -160,6 +184,13 @@ class OverfitTinyBatch(Check):
             + ")."
         )
         retry = runs[1] if len(runs) > 1 else None
+        shape = self.curve_shape(user, floor)
+        evidence["progress"], evidence["still_falling"] = shape
+        if data.get("lr_note"):
+            evidence["lr_note"] = data.get("lr_note")
+        lr_words = f" ({data.get('lr_note')})" if data.get("lr_note") else ""
+        learning = self.learns(shape)
+        from_retry = False
         if retry is not None:
             evidence["retry_optimizer"] = retry.get("optimizer")
             evidence["retry_curve"] = _curve(retry.get("losses") or [])
@@ -171,14 +202,27 @@ class OverfitTinyBatch(Check):
                 blew_up = not _finite(user.get("losses") or []) or (
                     math.isfinite(final) and math.isfinite(start) and final > start)
                 evidence["diverged"] = blew_up
+                if (learning or data.get("warmup")) and not blew_up:
+                    # Your optimizer learns too, steadily, only more slowly (a learning rate
+                    # mid warm-up, a conservative setting): a tuning matter, not a fault.
+                    yield self.finding(
+                        head + lr_words
+                        + f" It was still falling steadily ({shape[0]:.0%} of the way to the target's floor), "
+                        f"and {retry.get('optimizer')} fits the same samples in {at} steps: the model, loss "
+                        "and labels can learn; with your settings it only needs more steps (a learning "
+                        "rate in warm-up or on the low side; see `lr-sweep`).",
+                        severity=Severity.INFO, verdict="learns_slowly", **evidence,
+                        fix="Nothing is broken. If training is slow overall, see the `lr-sweep` finding.",
+                    )
+                    return
                 yield self.finding(
-                    head
+                    head + lr_words
                     + f" {retry.get('optimizer')} fits the same samples in {at} steps, so the "
                     "model, loss and labels can learn: your learning rate or optimizer "
                     "settings are the problem"
                     + (" (with yours the loss rose or blew up: the learning rate is too high)."
                        if blew_up else "."),
-                    severity=Severity.WARNING,
+                    severity=Severity.WARNING, verdict="optimizer_settings",
                     fix=(
                         "Lower the learning rate (x0.1; see the `lr-sweep` finding and the LR range "
                         "test in the report), or add warm-up or gradient clipping; Adam(lr=1e-3) "
@@ -196,31 +240,111 @@ class OverfitTinyBatch(Check):
                 f" {retry.get('optimizer')} did not fit them either "
                 f"(loss {_fmt(r_losses[0])} -> {_fmt(r_losses[-1])})."
             )
-        if not _finite(user.get("losses") or []):
+            r_shape = self.curve_shape(retry, floor)
+            evidence["retry_progress"], evidence["retry_still_falling"] = r_shape
+            # The run that got furthest speaks for the model.
+            if r_shape[0] is not None and (shape[0] is None or r_shape[0] > shape[0]
+                                           or not _finite(user.get("losses") or [])):
+                shape, from_retry = r_shape, True
+        progress, falling = shape
+        nonfinite = not _finite(user.get("losses") or [])
+        rose = math.isfinite(final) and math.isfinite(start) and final > start
+        if nonfinite or rose:
+            words = "became NaN/Inf" if nonfinite else "ended above its start"
+            if from_retry and (
+                    self.learns(shape) or (progress or 0.0) >= self.plateau_progress):
+                yield self.finding(
+                    head + lr_words + f" With your settings the loss {words}, while "
+                    f"{retry.get('optimizer')} brings it {progress:.0%} of the way down: the model "
+                    "learns; your learning rate is too high (see `lr-sweep`).",
+                    severity=Severity.WARNING, verdict="optimizer_settings",
+                    fix="Lower the learning rate (x0.1; see the `lr-sweep` finding), or add warm-up or "
+                        "gradient clipping; Adam(lr=1e-3) is a safe baseline.",
+                    **evidence,
+                )
+                return
             why = (
                 " The loss became NaN/Inf: look for log(0), division by zero or a learning "
                 "rate far too high (see `nan-trace`)."
+                if nonfinite else
+                " The loss rose, which points to a learning rate far too high or a wrong sign "
+                "in the loss or its gradient."
             )
-        elif math.isfinite(best) and math.isfinite(start) and best - floor <= 0.5 * (start - floor):
+            yield self.finding(head + lr_words + why, verdict="nonfinite" if nonfinite else "rises", **evidence)
+            return
+        if progress is None or progress < self.min_progress:
             why = (
-                " The loss falls, but too slowly: the model may lack capacity, or "
-                "regularisation/normalisation holds it back; a learning rate that is too "
-                "low also looks like this."
-            )
-            if data.get("task") == "regression":
-                # A regression (a reconstruction, soft targets) that halved its loss above
-                # the floor is learning: slow, not broken. No accuracy can say "fitted"
-                # for it, so a warning, not an error (healthy autoencoders land here).
-                yield self.finding(head + why, severity=Severity.WARNING, **evidence)
-                return
-        else:
-            why = (
-                " The loss barely moves, which points to a bug rather than a tuning issue: "
+                " The loss barely moves (or rises), which points to a bug rather than a tuning issue: "
                 "outputs not connected to the parameters (a `.detach()`, `.item()` or "
                 "`no_grad` in `forward`), frozen layers, targets that do not match the "
                 "outputs, or a loss fed the wrong kind of input (probabilities vs logits)."
             )
-        yield self.finding(head + why, **evidence)
+            yield self.finding(head + lr_words + why, verdict="barely_moves", **evidence)
+            return
+        if falling:
+            # A steady fall cut short by the step budget is the signature of a slow
+            # optimisation (a small or warming-up learning rate, a hard batch), not of a
+            # fault: faults stall or never start.
+            yield self.finding(
+                head + lr_words
+                + f" The loss was still falling steadily when the {steps} steps ran out ({progress:.0%} of "
+                "the way to the target's floor): the model learns, only more slowly than this "
+                "budget allows; this is not the stall a bug produces.",
+                severity=Severity.INFO, verdict="learns_slowly",
+                fix="Nothing is broken. For a verdict, raise `max_steps`; if training is slow overall, "
+                    "see the `lr-sweep` finding.",
+                **evidence,
+            )
+            return
+        if progress >= self.plateau_progress:
+            yield self.finding(
+                head + lr_words
+                + f" The loss fell {progress:.0%} of the way to the target's floor, then levelled off: "
+                "a floor this model cannot go below on these samples (a model whose outputs "
+                "see little of the input, like a bigram language model, cannot memorise a batch; "
+                "or too little capacity, or regularisation that holds it back). Not the stall of "
+                "a disconnected graph; check it is the floor you expect.",
+                severity=Severity.WARNING, verdict="plateau",
+                fix="If the model is meant to memorise a batch, remove regularisation and "
+                    "normalisation first, then grow the model; if its design limits what it can fit "
+                    "(a bigram model, a bottleneck), ignore this or raise `loss_fraction`.",
+                **evidence,
+            )
+            return
+        why = (
+            f" The loss fell {progress:.0%} of the way to the target's floor and then stalled far above "
+            "it, which points to a bug rather than a tuning issue: outputs squashed before the loss "
+            "(a softmax, ReLU or sigmoid in front of a loss that expects logits), targets that do "
+            "not match the outputs, or most of the model cut off from the gradient."
+        )
+        yield self.finding(head + lr_words + why, verdict="stalls", **evidence)
+
+    def curve_shape(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> tuple[float | None, bool]:
+        """(progress, still falling) of one run: progress is the share of the way from the
+        start to the loss's floor that the best loss covered (None when the start is not
+        finite); still falling when the last quarter of the steps brought at least
+        `still_falling_share` of the whole fall and the last loss is (about) the best."""
+        losses = [float(v) for v in (OverfitCurve.coerce(run).losses or [])]
+        if not losses or not math.isfinite(losses[0]):
+            return None, False
+        finite = [v for v in losses if math.isfinite(v)]
+        start, best = losses[0], min(finite)
+        span = start - floor
+        if span <= 0:
+            return None, False
+        progress = (start - best) / span
+        if len(finite) < len(losses) or len(losses) < 8 or start - best <= 0:
+            return progress, False
+        q = losses[(3 * (len(losses) - 1)) // 4]
+        fall = start - best
+        tail = (q - losses[-1]) / fall
+        near_best = losses[-1] - best <= 0.05 * fall
+        return progress, tail >= self.still_falling_share and near_best
+
+    def learns(self, shape: tuple[float | None, bool]) -> bool:
+        """A run that covered at least `min_progress` of the way and was still falling."""
+        progress, falling = shape
+        return progress is not None and progress >= self.min_progress and falling
 
 
 # --------------------------------------------------------------------------------------
