@@ -39,6 +39,19 @@ class OverfitTinyBatch(Check):
     optimizer fails, the experiment is repeated with Adam(lr=1e-3) to tell a broken model
     from a badly set optimizer.
 
+    When the batch is not fitted, the shape of the best run's curve decides the verdict
+    (progress: the share of the way from the start to the floor that the best loss
+    covered):
+    - it barely moved (progress below `min_progress`), rose or blew up: an error, the
+      signature of a bug;
+    - it fell steadily and was still falling when the steps ran out (the last quarter
+      of the steps brought at least `still_falling_share` of the fall): an info, the
+      model learns and the budget was short (a small or warming-up learning rate);
+    - it levelled off after covering at least `plateau_progress` of the way: a warning,
+      a floor of the model (capacity, or a design that cannot memorise);
+    - it stalled before that: an error (squashed outputs, mismatched targets).
+    The probe runs seeded; torch, Python and numpy draws are the same for every copy.
+
     ## Why it matters
     Any working model can memorise a handful of samples. If it cannot, no amount of data
     or training time will help: something between the input, the parameters and the loss
@@ -64,7 +77,18 @@ class OverfitTinyBatch(Check):
       the loss above it; for other such losses (entropy terms, variational bounds) raise
       `loss_fraction`.
     - Very deep models with a plain SGD at a small LR can need more than `max_steps`;
-      the message then says that Adam fits it.
+      the message then says that Adam fits it. A run still falling steadily when the
+      steps run out is an info, not a warning: slow is not broken.
+    - Models that cannot memorise a batch by design: a bigram language model's logits
+      depend on the current token only, so its floor on a batch is the conditional
+      entropy of the next token given the current one, not 0. Its curve falls, then
+      levels off above the target: a warning at most (the `plateau` verdict), never the
+      error of a loss that does not move.
+    - A learning-rate warm-up: a checkup taken in the first steps of a warm-up sees a
+      small LR (nanoGPT sets it by hand every step, rising from 0). When the LRs seen
+      over the watched steps rise and a scheduler keeps a larger base LR
+      (`initial_lr`), the copy trains at the base LR; otherwise a steady fall at the
+      small LR is an info, and so is "Adam fits, yours is slower" during a warm-up.
 
     ## Example
     A classifier whose labels are fed through `y.float().softmax(0)` into `MSELoss`, or
