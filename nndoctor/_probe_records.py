@@ -198,6 +198,9 @@ class OverfitRun(Record):
     # current one is mid warm-up; ``warmup``: the LR was seen rising over the watched steps.
     lr_note: str | None = None
     warmup: bool = False
+    # The LR the copy trained with is well below the one the optimizer was built with (a
+    # schedule, set by hand or by a scheduler, has lowered it: a warm-up or a decay).
+    lr_lowered: bool = False
     skipped: str | None = None
 
 

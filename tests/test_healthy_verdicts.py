@@ -64,11 +64,12 @@ def levels_off(start: float, end: float, n: int = 101, by: int = 20) -> list[flo
 # ------------------------------------------------------- the verdict follows the curve
 @pytest.mark.parametrize("curve, severity, verdict", [
     (steady(4.75, 3.08), Severity.INFO, "learns_slowly"),        # bigram at lr 0.01: 35%, still falling
+    ([0.3 + 3.26 * math.exp(-i / 30) for i in range(101)], Severity.INFO, "learns_slowly"),  # converging
     (levels_off(4.75, 1.9), Severity.WARNING, "plateau"),         # 60% of the way, then flat: a floor
     (levels_off(4.75, 3.1), Severity.ERROR, "stalls"),            # 35% of the way, then flat: squashed
     (steady(4.75, 4.5), Severity.ERROR, "barely_moves"),          # 5%: a graph cut
     (steady(4.75, 5.5), Severity.ERROR, "rises"),                 # rises from the first step
-], ids=["steady-fall", "plateau-after-most", "stall-early", "barely-moves", "rises"])
+], ids=["steady-fall", "converging", "plateau-after-most", "stall-early", "barely-moves", "rises"])
 def test_overfit_verdict_follows_the_shape_of_the_curve(curve, severity, verdict):
     (f,) = _judge(_record(curve))
     assert f.severity is severity, f.message
@@ -92,6 +93,37 @@ def test_a_fitting_retry_is_info_during_a_warmup_and_a_warning_otherwise():
     assert during.severity is Severity.INFO and "warm-up" in during.message
     (low_lr,) = _judge(_record(frozen, fits))  # the real fault: an LR far too low
     assert low_lr.severity is Severity.WARNING and "learning rate" in low_lr.message
+
+
+def test_a_slow_run_at_a_lowered_lr_is_info_and_at_the_built_lr_a_warning():
+    """Adam fits, yours falls steadily but slowly: during a schedule that has lowered the
+    LR (nanoGPT's warm-up) that is expected; at the LR the optimizer was built with it is
+    also what parameters missing from the optimizer look like, so it stays a warning."""
+    slow, fits = steady(4.0, 2.8), levels_off(4.0, 0.1, by=10)
+    record = _record(slow, fits)
+    record["overfit"]["lr_lowered"] = True
+    (f,) = _judge(record)
+    assert f.severity is Severity.INFO and f.evidence["verdict"] == "learns_slowly"
+    (g,) = _judge(_record(slow, fits))
+    assert g.severity is Severity.WARNING and "every parameter is in the optimizer" in g.fix
+    # a lowered LR under which the loss does not move at all is still the LR's fault
+    record = _record([4.0] * 101, fits)
+    record["overfit"]["lr_lowered"] = True
+    (h,) = _judge(record)
+    assert h.severity is Severity.WARNING
+
+
+def test_a_hand_lowered_lr_is_recorded():
+    from nndoctor.probes.overfit import measure
+
+    model = nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt.param_groups[0]["lr"] = 2e-4  # nanoGPT's get_lr(it) during warm-up
+    record = measure(_ctx_with(opt, model), max_steps=2)
+    assert record.lr_lowered and "below the 0.001 it built the optimizer with" in record.lr_note
+    assert record.runs[0].optimizer.startswith("AdamW(lr=0.0002")  # trained at the script's LR
+    opt.param_groups[0]["lr"] = 1e-3
+    assert not measure(_ctx_with(opt, model), max_steps=2).lr_lowered
 
 
 def test_a_blown_up_run_with_a_learning_retry_says_lower_the_lr():

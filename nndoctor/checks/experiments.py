@@ -44,9 +44,10 @@ class OverfitTinyBatch(Check):
     covered):
     - it barely moved (progress below `min_progress`), rose or blew up: an error, the
       signature of a bug;
-    - it fell steadily and was still falling when the steps ran out (the last quarter
-      of the steps brought at least `still_falling_share` of the fall): an info, the
-      model learns and the budget was short (a small or warming-up learning rate);
+    - it was still falling when the steps ran out (the last quarter of the steps
+      brought at least `still_falling_share` of the fall, or removed that share of what
+      was left): an info, the model learns and the budget was short (a small or
+      warming-up learning rate);
     - it levelled off after covering at least `plateau_progress` of the way: a warning,
       a floor of the model (capacity, or a design that cannot memorise);
     - it stalled before that: an error (squashed outputs, mismatched targets).
@@ -145,8 +146,9 @@ class OverfitTinyBatch(Check):
             "still_falling_share",
             0.1,
             "a run is 'still falling' when the last quarter of its steps brought at least this "
-            "share of its whole fall (a steady linear fall brings 25%, a plateau 0-3%): the budget "
-            "ran out on a model that learns, an info",
+            "share of its whole fall (a steady linear fall brings 25%) or removed this share of "
+            "the loss left above the floor (a converging curve); the stalls of the bug zoo measure "
+            "0-3% on both: the budget ran out on a model that learns, an info",
             "fraction of the fall",
         ),
         Threshold(
@@ -226,15 +228,18 @@ class OverfitTinyBatch(Check):
                 blew_up = not _finite(user.get("losses") or []) or (
                     math.isfinite(final) and math.isfinite(start) and final > start)
                 evidence["diverged"] = blew_up
-                if (learning or data.get("warmup")) and not blew_up:
-                    # Your optimizer learns too, steadily, only more slowly (a learning rate
-                    # mid warm-up, a conservative setting): a tuning matter, not a fault.
+                if (data.get("warmup") or (learning and data.get("lr_lowered"))) and not blew_up:
+                    # Your optimizer learns too, steadily, only more slowly, at an LR the
+                    # script has lowered for now (a warm-up): a schedule, not a fault. (A
+                    # slow run at the LR the optimizer was built with stays a warning: the
+                    # retry also fits when parameters are missing from your optimizer.)
                     yield self.finding(
                         head + lr_words
-                        + f" It was still falling steadily ({shape[0]:.0%} of the way to the target's floor), "
-                        f"and {retry.get('optimizer')} fits the same samples in {at} steps: the model, loss "
-                        "and labels can learn; with your settings it only needs more steps (a learning "
-                        "rate in warm-up or on the low side; see `lr-sweep`).",
+                        + (f" It was still falling steadily ({shape[0]:.0%} of the way to the target's floor), "
+                           "and" if learning else "")
+                        + f" {retry.get('optimizer')} fits the same samples in {at} steps: the model, loss "
+                        "and labels can learn; at the learning rate your schedule had lowered it to for "
+                        "now, it only needs more steps (see `lr-sweep` for the rate itself).",
                         severity=Severity.INFO, verdict="learns_slowly", **evidence,
                         fix="Nothing is broken. If training is slow overall, see the `lr-sweep` finding.",
                     )
@@ -266,7 +271,9 @@ class OverfitTinyBatch(Check):
             )
             r_shape = self.curve_shape(retry, floor)
             evidence["retry_progress"], evidence["retry_still_falling"] = r_shape
-            # The run that got furthest speaks for the model.
+            # The run that got furthest speaks for the model: where it levels off is the
+            # model's limit, which a slower run has not reached yet (a user run that blew up
+            # has no say).
             if r_shape[0] is not None and (shape[0] is None or r_shape[0] > shape[0]
                                            or not _finite(user.get("losses") or [])):
                 shape, from_retry = r_shape, True
@@ -346,8 +353,9 @@ class OverfitTinyBatch(Check):
     def curve_shape(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> tuple[float | None, bool]:
         """(progress, still falling) of one run: progress is the share of the way from the
         start to the loss's floor that the best loss covered (None when the start is not
-        finite); still falling when the last quarter of the steps brought at least
-        `still_falling_share` of the whole fall and the last loss is (about) the best."""
+        finite); still falling when the last loss is (about) the best and the last quarter
+        of the steps brought at least `still_falling_share` of the whole fall, or removed
+        at least that share of the loss left above the floor."""
         losses = [float(v) for v in (OverfitCurve.coerce(run).losses or [])]
         if not losses or not math.isfinite(losses[0]):
             return None, False
@@ -362,8 +370,11 @@ class OverfitTinyBatch(Check):
         q = losses[(3 * (len(losses) - 1)) // 4]
         fall = start - best
         tail = (q - losses[-1]) / fall
+        # A curve converging on the target shrinks what is left of the loss by a steady
+        # share (exponential decay): a small share of the whole fall, but not a stall.
+        shrink = (q - losses[-1]) / (q - floor) if q - floor > 0 else 0.0
         near_best = losses[-1] - best <= 0.05 * fall
-        return progress, tail >= self.still_falling_share and near_best
+        return progress, near_best and max(tail, shrink) >= self.still_falling_share
 
     def learns(self, shape: tuple[float | None, bool]) -> bool:
         """A run that covered at least `min_progress` of the way and was still falling."""

@@ -153,6 +153,14 @@ def measure(
         regularisation_off=["dropout"], loss_floor=floor, loss_floor_reason=why,
     )
     lr_scale, record.lr_note, record.warmup = warmup_lr(ctx)
+    if user is not None and user.param_groups:
+        built = (getattr(user, "defaults", None) or {}).get("lr")
+        now = user.param_groups[0].get("lr")
+        if isinstance(built, (int, float)) and isinstance(now, (int, float)) and 0 <= 2 * now * lr_scale < built:
+            record.lr_lowered = True
+            if record.lr_note is None:
+                record.lr_note = (f"the script has the learning rate at {now:.3g}, below the {built:.3g} it "
+                                  f"built the optimizer with: a warm-up or a decay")
     for adam in (False, True):
         if adam and same_as_retry:
             break
