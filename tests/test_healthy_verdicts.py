@@ -345,3 +345,51 @@ def test_gradient_check_reads_a_nondeterministic_record():
                                                   "nondeterministic": "two evaluations differ"}}}
     (f,), _ = GradientCheck().run(_obs(record))
     assert f.severity is Severity.INFO and "two evaluations differ" in f.message
+
+
+# ------------------------------------------- update-ratio: a linear model on raw features
+def _ratio_obs(tensors: int, loss_falls: bool):
+    from nndoctor._observations import Observations, ParamMeta, StepRecord
+
+    obs = Observations(model_class="Net")
+    names = [f"w{i}" for i in range(tensors)]
+    for n in names:
+        obs.params[n] = ParamMeta(n, n, (1, 4), 4, True, True, "linear", "weight", 4, 0.3, 0.0, False)
+    for i in range(20):
+        obs.steps.append(StepRecord(step=i, sampled=True, loss=(18.0 - 0.3 * i) if loss_falls else 15.0,
+                                    backward_calls=1, update_norms={n: 0.2 for n in names},
+                                    weight_norms={n: 1.0 for n in names}))
+    return obs
+
+
+@pytest.mark.parametrize("tensors, falls, severity", [
+    (1, True, "info"),       # a linear model converging with large steps (pytorch/examples regression)
+    (1, False, "warning"),   # the same steps while the loss stands still: too high
+    (2, True, "warning"),    # a deeper model: the rule of thumb applies
+])
+def test_update_ratio_of_a_linear_model_follows_its_loss(tensors, falls, severity):
+    from nndoctor.checks._registry import REGISTRY
+
+    findings, _ = REGISTRY["update-ratio"]().run(_ratio_obs(tensors, falls))
+    assert [f.severity.value for f in findings] == [severity], [f.message for f in findings]
+
+
+def test_polynomial_regression_on_raw_features_is_not_a_warning():
+    """Smooth-L1 fit of a degree-4 polynomial on x, x^2, x^3, x^4 (x ~ N(0, 1)), SGD at
+    lr 0.1, a fresh batch every step: large relative steps, a falling loss."""
+    from nndoctor import Doctor
+
+    g = torch.Generator().manual_seed(0)
+    true_w, true_b = torch.randn(4, 1, generator=g) * 0.5, torch.randn(1, generator=g) * 5
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = Doctor(model, optimizer=opt, select=["update-ratio"], sample_every=1)
+    with doctor.watch():
+        for _ in range(20):
+            x = torch.randn(32, 1, generator=g)
+            feats = torch.cat([x ** i for i in range(1, 5)], 1)
+            opt.zero_grad()
+            nn.functional.smooth_l1_loss(model(feats), feats @ true_w + true_b).backward()
+            opt.step()
+    findings = doctor.report().by_check("update-ratio")
+    assert all(f.severity is Severity.INFO for f in findings), [f.message for f in findings]
