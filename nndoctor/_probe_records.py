@@ -195,6 +195,14 @@ class OverfitRun(Record):
     # was derived; "fitted" is judged on the loss above it.
     loss_floor: float = 0.0
     loss_floor_reason: str | None = None
+    # Where the learning rate the copy trained with came from when it is not the
+    # optimizer's current one (a scheduler's base LR during warm-up), or evidence that the
+    # current one is mid warm-up; ``warmup``: the LR was seen rising over the watched steps.
+    lr_note: str | None = None
+    warmup: bool = False
+    # The LR the copy trained with is well below the one the optimizer was built with (a
+    # schedule, set by hand or by a scheduler, has lowered it: a warm-up or a decay).
+    lr_lowered: bool = False
     skipped: str | None = None
 
 
@@ -339,6 +347,8 @@ class GradcheckModel(Record):
     localized: list[dict[str, Any]] = field(default_factory=list)  # {param, module, rel_error}
     no_gradient: list[str] = field(default_factory=list)
     loss: float | None = None
+    # Why finite differences were not taken: two evaluations at the same weights differed.
+    nondeterministic: str | None = None
     skipped: str | None = None
 
 

@@ -244,7 +244,7 @@ def test_overfit_is_judged_above_the_floor():
 
 def test_slow_regression_that_halves_its_excess_is_a_warning_not_an_error():
     (f,), _ = OverfitTinyBatch().run(obs_with(overfit=overfit_record(trial(0.70, 0.62, 101), floor=0.57)))
-    assert f.severity is Severity.WARNING and "too slowly" in f.message and "floor" in f.message
+    assert f.severity is Severity.WARNING and "levelled off" in f.message and "floor" in f.message
     (g,), _ = OverfitTinyBatch().run(obs_with(overfit=overfit_record(trial(0.70, 0.69, 101), floor=0.57)))
     assert g.severity is Severity.ERROR  # barely moves: a bug
 

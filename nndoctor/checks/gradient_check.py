@@ -28,8 +28,11 @@ class GradientCheck(Check):
     gradient's own direction and random Gaussian ones), the central difference
     (L(w+eps v) - L(w-eps v)) / 2 eps against grad L . v. It costs 2 forwards per
     direction, whatever the parameter count; when it fails, the same test per parameter
-    tensor names the module whose gradient is wrong. Randomness (dropout) is fixed by
-    re-seeding before every evaluation.
+    tensor names the module whose gradient is wrong. Randomness is fixed before every
+    evaluation: torch is re-seeded and Python's `random` and numpy's generator are put
+    back to the same state, so dropout masks and a depth drawn by `random.randint` are the
+    same in f(w + eps v) and f(w - eps v). Two evaluations at the same weights must give
+    the same loss; when they do not, the check is inconclusive.
 
     ## Why it matters
     A wrong backward does not crash: training just goes nowhere, or somewhere odd, and
@@ -57,6 +60,10 @@ class GradientCheck(Check):
       the estimates at eps/2, eps and 2 eps, at least the dtype's round-off of the loss
       over eps); an error within `noise_margin` times it is reported as an inconclusive
       info, never as an error. A non-finite loss is inconclusive too.
+    - A forward whose randomness comes from its own generator (a private
+      `torch.Generator`, the clock) runs a different graph on every evaluation; the
+      probe detects that (two evaluations at the same weights differ) and reports an
+      inconclusive info instead of a verdict.
 
     ## Example
     A `torch.autograd.Function` implementing `x * w` whose backward returns
@@ -169,6 +176,16 @@ class GradientCheck(Check):
                 max_rel_error=unit.get("max_rel_error"),
                 input_shapes=unit.get("input_shapes"),
             )
+        if model and not model.get("skipped") and model.get("nondeterministic"):
+            if not failed_where:
+                yield self.finding(
+                    f"Inconclusive: {model.get('nondeterministic')}; no verdict on the gradients.",
+                    severity=Severity.INFO, kind="inconclusive", reason="nondeterministic",
+                    dtype=model.get("dtype"), loss=model.get("loss"),
+                    fix="Nothing to fix from this check. For a verdict, make the forward draw its "
+                        "randomness from torch's, Python's or numpy's global generator (which the "
+                        "check re-seeds before every evaluation).")
+            return
         if model and not model.get("skipped"):
             worst = model.get("max_rel_error")
             tol = self.max_relative_error * (100.0 if model.get("dtype") == "float32" else 1.0)

@@ -36,6 +36,10 @@ class UpdateRatio(Check):
       are above the band, the median over all updates is inside it, the weight norm grew
       at least `min_growth` times over the watched steps and the loss fell, the finding is
       info ("a near-zero start"), not a warning.
+    - Linear models (a single weight tensor, e.g. a polynomial regression on unscaled
+      features): the ~1e-3 rule of thumb is about deep networks, whose layers' updates
+      compound. A linear model whose loss falls while its updates stay large over the
+      whole run (but below `broken`) is reported as info, not a warning.
 
     ## Example
     SGD with lr=10 on a default-initialised MLP: each step changes the weights by more
@@ -108,6 +112,22 @@ class UpdateRatio(Check):
                     severity=Severity.INFO, where=obs.params[worst].module, direction="high",
                     kind="small_start", weight_growth=growth, **evidence,
                     fix="Nothing to fix if the loss keeps falling; the ratio settles as the weights grow.")
+                return
+            if sev is Severity.WARNING and len(moving) == 1 and whole > self.high and _loss_fell(obs):
+                # One weight tensor: a linear model. The ~1e-3 rule of thumb is about deep
+                # nets, whose layers' updates compound; a linear model's ratio is set by the
+                # scale of its features, and a falling loss says the steps are not too large.
+                # (Only when the ratio stays large over the whole run: large first updates
+                # alone are the near-zero start's case above, which needs the weights to grow.)
+                yield self.finding(
+                    f"Each update changes the weights by {fmt(overall)} of their norm ({when}), but the "
+                    f"model has a single weight tensor (a linear model) and the loss fell: its step size "
+                    f"is set by the scale of its inputs, and the ~1e-3 rule of thumb for deep networks "
+                    f"does not apply.",
+                    severity=Severity.INFO, where=obs.params[worst].module, direction="high",
+                    kind="linear_model", **evidence,
+                    fix="Nothing to fix while the loss keeps falling; if it oscillates, lower the learning "
+                        "rate or standardise the input features.")
                 return
             yield self.finding(
                 f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy); "

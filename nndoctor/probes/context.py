@@ -14,6 +14,7 @@ from torch import nn
 
 from .._losskinds import BINARY_KINDS, CLASS_KINDS, loss_kind
 from .._tree import map_tensors, tensors
+from ._rng import SameDraws
 from .isolation import ProbeSkip, copy_model, leaked_parameters
 
 __all__ = ["ProbeContext", "ModelCall", "ReplayBatch", "call", "float_outputs", "train_curve",
@@ -233,11 +234,12 @@ class ProbeContext:
         """'' when a fresh copy is independent of the model, else why not."""
         probe = copy_model(self.model)
         inputs, _ = self.take(0, min(2, self.batch_size))
+        draws = SameDraws(self.seed)  # Python/numpy draws in forward (a random depth) alike too
         training = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in probe.modules()]
         try:
             probe.eval()
             with torch.random.fork_rng(devices=[]), torch.enable_grad():
-                torch.manual_seed(self.seed)
+                draws()
                 out = call(probe, inputs)
             leaked = leaked_parameters(self.model, out)
             if leaked:
@@ -248,7 +250,7 @@ class ProbeContext:
             if not _has_hooks(self.model):
                 self.model.eval()
                 with torch.random.fork_rng(devices=[]), torch.no_grad():
-                    torch.manual_seed(self.seed)
+                    draws()
                     ref = call(self.model, inputs)
                 mine, theirs = float_outputs(out), float_outputs(ref)
                 same = len(mine) == len(theirs) and all(

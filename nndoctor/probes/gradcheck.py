@@ -25,6 +25,7 @@ from torch import nn
 from .._probe_records import GradcheckModel, GradcheckRun, GradcheckUnit
 from .._tree import map_leaves, map_tensors, tensors
 from .context import ProbeContext, call, float_outputs
+from ._rng import SameDraws
 from .isolation import ProbeSkip, default_dtype
 
 __all__ = ["measure"]
@@ -176,6 +177,7 @@ def measure(
     nb = max(1, min(int(batch), ctx.batch_size))
     inputs, targets = ctx.take(0, nb)
     seed = ctx.seed
+    draws = SameDraws(seed)  # torch, Python and numpy draws alike for every evaluation
     # --- capture: what the candidate modules and custom Functions receive --------------
     clone = ctx.copy_model()
     paths = {m: name for name, m in clone.named_modules()}
@@ -199,7 +201,7 @@ def measure(
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post, always_call=True))
         try:
-            torch.manual_seed(seed)
+            draws()
             stack.clear()
             return ctx.loss(call(clone, inputs), targets)  # Functions in the loss count too
         finally:
@@ -261,7 +263,7 @@ def measure(
             pnames: list[str] = pnames,
         ) -> Any:
             a, kw = _fill(template, values[:n_in])
-            torch.manual_seed(seed)
+            draws()
             return tuple(float_outputs(torch.func.functional_call(mod64, dict(zip(pnames, values[n_in:])), a, kw)))
 
         _run_unit(unit, run_module, [*flat_args, *params], s, seed)
@@ -283,24 +285,25 @@ def measure(
 
         def run_fn(*values: torch.Tensor, cls: type = cls, template: Any = template) -> Any:
             a, kw = _fill(template, values)
-            torch.manual_seed(seed)
+            draws()
             return tuple(float_outputs(cls.apply(*a, **kw)))
 
         _run_unit(unit, run_fn, list(flat), s, seed)
     # --- (b) the whole model + loss, directional ---------------------------------------
     try:
-        record.model = _model_directional(ctx, inputs, targets, s)
+        record.model = _model_directional(ctx, inputs, targets, s, draws)
     except ProbeSkip as skip:
         record.model = GradcheckModel(skipped=skip.reason)
     return record
 
 
-def _model_directional(ctx: ProbeContext, inputs: Any, targets: Any, s: _Settings) -> GradcheckModel:
+def _model_directional(ctx: ProbeContext, inputs: Any, targets: Any, s: _Settings,
+                       draws: SameDraws) -> GradcheckModel:
     last_error: Exception | None = None
     for dtype, eps in ((torch.float64, s.eps), (torch.float32, 1e-3)):
         try:
             with default_dtype(dtype):
-                return _model_directional_in(ctx, inputs, targets, s, dtype, eps)
+                return _model_directional_in(ctx, inputs, targets, s, dtype, eps, draws)
         except ProbeSkip:
             raise
         except Exception as exc:  # e.g. a layer that only runs in float32
@@ -309,7 +312,8 @@ def _model_directional(ctx: ProbeContext, inputs: Any, targets: Any, s: _Setting
 
 
 def _model_directional_in(
-    ctx: ProbeContext, inputs: Any, targets: Any, s: _Settings, dtype: torch.dtype, eps: float
+    ctx: ProbeContext, inputs: Any, targets: Any, s: _Settings, dtype: torch.dtype, eps: float,
+    draws: SameDraws,
 ) -> GradcheckModel:
     seed = ctx.seed
     clone = ctx.copy_model()
@@ -325,12 +329,26 @@ def _model_directional_in(
         raise ProbeSkip("the model has no trainable parameters")
 
     def L() -> torch.Tensor:
-        torch.manual_seed(seed)
+        draws()
         return loss_fn(call(clone, x), y).reshape(())
 
     loss = L()
     if not loss.requires_grad:
         raise ProbeSkip("the loss does not require grad (no parameter reaches it)")
+    # Finite differences compare evaluations: they mean something only when the same
+    # weights give the same loss. A forward that draws from a generator we cannot pin
+    # (its own torch.Generator, a clock, a global counter) does not: no verdict then.
+    with torch.no_grad():
+        again = float(L())
+    first = float(loss.detach())
+    slack = 1e-10 if dtype == torch.float64 else 1e-5
+    if math.isfinite(first) and not (abs(again - first) <= slack * max(abs(first), 1e-30)):
+        return GradcheckModel(
+            dtype="float64" if dtype == torch.float64 else "float32", eps=eps, loss=first,
+            nondeterministic=(f"two evaluations of the loss at the same weights differ ({first:.10g} vs "
+                              f"{again:.10g}) although torch, Python and numpy were re-seeded alike: the "
+                              f"forward is not reproducible, so finite differences of it say nothing"),
+        )
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     # Parameters the graph never reaches (a frozen backbone run under no_grad, an
     # intended stop-gradient) get no gradient at all: that is `frozen-layer`'s

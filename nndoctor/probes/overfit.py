@@ -21,7 +21,7 @@ import torch
 from .._probe_records import OverfitCurve, OverfitRun
 from .context import ProbeContext, call, train_curve
 
-__all__ = ["measure", "loss_floor"]
+__all__ = ["measure", "loss_floor", "warmup_lr"]
 
 
 def _binary_floor(targets: torch.Tensor, pos_weight: Any, weight: Any) -> torch.Tensor:
@@ -82,6 +82,44 @@ def loss_floor(ctx: ProbeContext, inputs: Any, targets: Any) -> tuple[float, str
     return 0.0, None
 
 
+def warmup_lr(ctx: ProbeContext) -> tuple[float, str | None, bool]:
+    """(LR scale for the copy's optimizer, a note on it, warm-up seen).
+
+    A scheduler keeps each group's base LR in ``initial_lr``; when the current LR is well
+    below it (a warm-up that has not finished), the copy trains at the base LR: a tiny
+    batch judged at the first steps of a warm-up would be judged at an LR the script
+    itself uses only briefly. The evidence of a warm-up is the LRs the watch saw
+    (``ctx.lr_history``, when the caller gives them) rising step after step; a scheduler
+    that decays the LR also leaves it below ``initial_lr``, so without that evidence the
+    copy keeps the current LR. A script that sets the LR by hand (nanoGPT) has no
+    ``initial_lr``: the note then says the copy trained at an early, small rate."""
+    user = ctx.user_optimizer
+    if user is None or not user.param_groups:
+        return 1.0, None, False
+    group = user.param_groups[0]
+    lr, base = group.get("lr"), group.get("initial_lr")
+    history = [float(v) for v in (getattr(ctx, "lr_history", None) or []) if isinstance(v, (int, float))]
+    rising = (
+        len(history) >= 3 and history[0] >= 0 and history[-1] > 1.5 * history[0]
+        and all(b >= a * (1 - 1e-9) for a, b in zip(history, history[1:]))
+    )
+    below_base = isinstance(lr, (int, float)) and isinstance(base, (int, float)) and 0 < 2 * lr < base
+    if rising and below_base:
+        return float(base) / float(lr), (
+            f"trained at the scheduler's base learning rate {base:.3g}, not the {lr:.3g} of the "
+            f"warm-up step the script was at (its LR rose {history[0]:.3g} -> {history[-1]:.3g} "
+            f"over the watched steps)"), True
+    if rising:
+        return 1.0, (
+            f"the script's learning rate was rising over the watched steps, {history[0]:.3g} -> "
+            f"{history[-1]:.3g}: a warm-up, so the copy trained at an early, small rate"), True
+    if below_base:
+        # A scheduler has the LR below its base: a warm-up or a decay; without the watched
+        # LRs it is not known which, so the copy keeps the current LR and the note says so.
+        return 1.0, f"a scheduler has the learning rate at {lr:.3g}, below its base {base:.3g}", False
+    return 1.0, None, False
+
+
 def measure(
     ctx: ProbeContext,
     *,
@@ -114,12 +152,21 @@ def measure(
         n_samples=n, max_steps=steps, task="classification" if ctx.classification and use_accuracy else "regression",
         regularisation_off=["dropout"], loss_floor=floor, loss_floor_reason=why,
     )
+    lr_scale, record.lr_note, record.warmup = warmup_lr(ctx)
+    if user is not None and user.param_groups:
+        built = (getattr(user, "defaults", None) or {}).get("lr")
+        now = user.param_groups[0].get("lr")
+        if isinstance(built, (int, float)) and isinstance(now, (int, float)) and 0 <= 2 * now * lr_scale < built:
+            record.lr_lowered = True
+            if record.lr_note is None:
+                record.lr_note = (f"the script has the learning rate at {now:.3g}, below the {built:.3g} it "
+                                  f"built the optimizer with: a warm-up or a decay")
     for adam in (False, True):
         if adam and same_as_retry:
             break
         torch.manual_seed(ctx.seed)
         clone = ctx.copy_model(dropout_off=True)
-        opt = ctx.make_optimizer(clone, adam=adam)
+        opt = ctx.make_optimizer(clone, adam=adam, lr_scale=1.0 if adam else lr_scale)
         losses, accs = train_curve(ctx, clone, opt, inputs, targets, steps, stop=reached)
         record.runs.append(OverfitCurve(
             optimizer=ctx.optimizer_name(opt),

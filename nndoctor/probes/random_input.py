@@ -11,6 +11,7 @@ from torch import nn
 
 from .._probe_records import RandomInputRun
 from .._tree import map_tensors, tensors
+from ._rng import SameDraws
 from .context import ModelCall, ProbeContext, call, float_outputs, train_curve
 
 __all__ = ["measure"]
@@ -83,6 +84,9 @@ def measure(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 30, eval_eve
     n_hold = _first_dim(y_hold, x_hold) if holdout else 0
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     inside = ctx.targets is None or not tensors(ctx.targets)  # the model computes its own loss
+    # Every variant sees the same torch, Python and numpy draws (a forward that picks its
+    # depth with random.randint must run the same graphs for real, noise and zero inputs).
+    draws = SameDraws(ctx.seed)
     variants: dict[str, tuple[Any, Any]] = {
         "real": (x_train, x_hold),
         "noise": (
@@ -98,11 +102,11 @@ def measure(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 30, eval_eve
     probe = ctx.copy_model()
     probe.eval()
     with torch.no_grad():
-        torch.manual_seed(ctx.seed)
+        draws()
         ref = call(probe, x_train)
         change = {}
         for name in ("noise", "zeros"):
-            torch.manual_seed(ctx.seed)
+            draws()
             change[name] = _relative_change(ref, call(probe, variants[name][0]))
     del probe
     # 2./3. train on each variant, same seed and optimizer, evaluate held-out samples
@@ -111,7 +115,7 @@ def measure(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 30, eval_eve
     train_loss: dict[str, list[float]] = {}
     hold_loss: dict[str, list[float]] = {}
     for name, (xt, xh) in variants.items():
-        torch.manual_seed(ctx.seed)
+        draws()
         clone = ctx.copy_model(dropout_off=True)
         opt = ctx.make_optimizer(clone, adam=True)
         curve: list[float] = []
