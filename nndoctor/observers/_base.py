@@ -118,8 +118,11 @@ class Observer:
     Events: ``begin_step(cur)``, ``model_pre(cur, args, kwargs)``,
     ``model_post(cur, module, args, output)``, ``loss_pre(cur, module, args)``,
     ``before_backward(cur, loss, first_after_update)``, ``after_backward(cur)`` (updates
-    by hand), ``before_update(cur)`` (an optimizer is about to step), ``step_skipped(cur)``
-    (GradScaler skipped it), ``close_step(cur)``, ``finalize(obs)``; ``step_hooks(model)``
+    by hand), ``before_update(cur)`` (an optimizer is about to step),
+    ``closure_backward(cur)`` (the first backward inside an optimizer's ``step()``, before
+    which the step had none: a closure optimizer's first evaluation), ``step_skipped(cur)``
+    (GradScaler skipped it), ``update_unseen(cur)`` (the step began before the watch
+    could see it), ``close_step(cur)``, ``finalize(obs)``; ``step_hooks(model)``
     returns the per-module hook handles of a sampled step (removed when it ends)."""
 
     name: ClassVar[str] = "observer"
@@ -147,7 +150,8 @@ class Observer:
 
 
 EVENTS = ("begin_step", "model_pre", "model_post", "loss_pre", "before_backward", "after_backward",
-          "before_update", "step_skipped", "close_step", "finalize", "step_hooks")
+          "closure_backward", "before_update", "step_skipped", "update_unseen", "close_step", "finalize",
+          "step_hooks")
 
 
 def listens(unit: Observer, event: str) -> bool:

@@ -25,7 +25,8 @@ changes a tensor the user sees, consumes RNG, or calls ``.item()``.
 from __future__ import annotations
 
 import contextlib
-import math
+import os
+import sys
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -36,6 +37,7 @@ from .._derive import derive_all
 from .._observations import Observations, ParamMeta, StepRecord
 from .._tree import tensors
 from ._base import EVENTS, Observer, Pending, Schedule, listens
+from ._ledger import StepLedger
 from ._describe import describe_modules, describe_optimizer, describe_param, init_weight_stats
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
@@ -45,6 +47,8 @@ from .loss import LossObserver
 from .loss_graph import LossGraphObserver
 from .probe import UnregisteredModuleProbe
 from .updates import UpdateObserver
+
+_OPTIMIZER_FILE = os.path.join("optim", "optimizer.py")  # Optimizer.step's hook-calling wrapper
 
 # The units, in the order they hear each event (the loss graph before the inputs: the
 # inputs unit reads the labels from the loss node the graph unit found).
@@ -77,7 +81,6 @@ class Recorder:
         self._loss_fn = loss_fn
         self.schedule = schedule or Schedule()
         self._discover = discover_optimizers and not optimizers
-        self._on_sync = on_sync
         self.obs = Observations()
         self.pending = Pending()
         # The first training batch seen (inputs as passed to the model, and the class
@@ -87,7 +90,13 @@ class Recorder:
         self.params: list[tuple[str, torch.Tensor]] = []
         self.param_ids: dict[int, str] = {}
         self.module_ids: dict[int, str] = {}
+        # Steps are optimizer steps (an optimizer was given or has stepped); the optimizer's
+        # step() is running now (closure evaluations happen inside it).
         self.optimizer_mode = bool(optimizers)
+        self.in_optimizer_step = False
+        self.ledger = StepLedger(self.obs, max_records=self.max_records, holding=not optimizers,
+                                 trace_steps_after_nonfinite=self.schedule.trace_steps_after_nonfinite,
+                                 on_sync=on_sync)
         self.backwards_in_step = 0
         self.scratch: dict[str, Any] = {}  # per-step notes passed between units
         self.current: StepRecord | None = None
@@ -104,11 +113,6 @@ class Recorder:
         self._version_sum = 0
         self._stepped_since_backward = False
         self._opt_stepped = False
-        self._trace_until = -1
-        self._last_armed_for = -1
-        self._scanned = 0  # records already scanned for non-finite values
-        self._thinned = False
-        self._finished_steps: list[StepRecord] = []
 
     # -- public surface -------------------------------------------------------------
     @property
@@ -157,6 +161,11 @@ class Recorder:
                 h = self._loss_fn.register_forward_pre_hook(self._loss_pre)
                 stack.callback(h.remove)
             self._begin_step()
+            opt = self._stepping_optimizer()
+            if opt is not None:  # the watch begins inside an optimizer step (a closure)
+                self._adopt(opt)
+                self.optimizer_mode = self.in_optimizer_step = True
+                self.ledger.holding = False
         except BaseException:
             self.detach()
             raise
@@ -177,6 +186,7 @@ class Recorder:
             if cur is not None and (cur.backward_calls or self._pending_close):
                 self._close_step(begin_next=False)
             self.current = None
+            self.ledger.release()  # no optimizer ever stepped: each backward was a step
             self._sync()
             self._emit("finalize", True, self.obs)
             self.obs.data_loaders = self._data_loaders()
@@ -342,7 +352,7 @@ class Recorder:
 
     def _begin_step(self) -> None:
         step = self._step
-        sampled = self.schedule.sampled(step) or step <= self._trace_until
+        sampled = self.schedule.sampled(step) or step <= self.ledger.trace_until
         cur = self.current = StepRecord(step=step, sampled=sampled)
         self.backwards_in_step = 0
         if sampled:
@@ -370,13 +380,8 @@ class Recorder:
         finally:
             if cur.sampled:
                 self._remove_step_hooks()
-            steps = self.obs.steps
-            steps.append(cur)
-            self._finished_steps.append(cur)
-            if len(steps) > self.max_records:
-                self._thin_records()  # cheap no-op until unsampled records exceed the bound
+            self.ledger.close(cur)
             if cur.sampled:
-                self.obs.sampled_steps += 1
                 self._sync()
             self._step += 1
             if begin_next and self._stack is not None:
@@ -384,45 +389,30 @@ class Recorder:
             else:
                 self.current = None
 
-    def _thin_records(self) -> None:
-        steps = self.obs.steps
-        plain = [r for r in steps if not r.sampled]
-        if len(plain) <= self.max_records:
-            return
-        older = {id(r) for i, r in enumerate(plain[: len(plain) // 2])
-                 if i % 2 and not r.grad_nonfinite and (r.loss is None or math.isfinite(r.loss))}
-        self.obs.steps = [r for r in steps if id(r) not in older]
-        self._scanned = max(0, self._scanned - (len(steps) - len(self.obs.steps)))
-        if not self._thinned:
-            self._thinned = True
-            self.obs.notes.append("long run: the older per-step records (loss, gradient norm) were thinned; "
-                                  "every sampled step is kept")
-
-    def _sync(self) -> None:
+    def _resolve(self) -> None:
         try:
             self.pending.resolve(lambda unit, exc: self.unit_failed(unit, "sync", exc))
         except Exception as exc:
             self.pending = Pending()
             self.obs.notes.append(f"observer sync failed: {exc!r}")
-        self._scan_nonfinite()
-        if self._on_sync is not None and self._finished_steps:
-            done, self._finished_steps = self._finished_steps, []
-            try:
-                self._on_sync(self.obs, done)
-            except Exception as exc:
-                self.obs.notes.append(f"live reporter failed and was switched off: {exc!r}")
-                self._on_sync = None
 
-    def _scan_nonfinite(self) -> None:
-        """After values reached the host: the first non-finite loss or gradient seen on a
-        step arms full tracing of the next steps (the one that went bad may not have been
-        sampled), once per new bad step."""
-        for rec in self.obs.steps[self._scanned:]:
-            bad = bool(rec.grad_nonfinite) or (rec.loss is not None and not math.isfinite(rec.loss))
-            if bad and rec.step > self._last_armed_for:
-                self._last_armed_for = rec.step
-                self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
-        self._scanned = len(self.obs.steps)
+    def _sync(self) -> None:
+        self._resolve()
+        self.ledger.synced(self._step)
+
+    def _optimizer_found(self, *, inside_step: bool) -> None:
+        """The first optimizer step over the model: steps are optimizer steps from now on,
+        and the backwards held since the watch began belong to the step now closing
+        (micro-batches before it, or, ``inside_step``, closure evaluations inside it)."""
+        self.optimizer_mode = True
+        self._pending_close = False
+        cur = self.current
+        if cur is None or not self.ledger.held:
+            self.ledger.holding = False
+            return
+        self._resolve()  # the held losses to the host (once per watch)
+        self.ledger.absorb(cur, closure=inside_step)
+        self._step = cur.step
 
     def _install_step_hooks(self) -> None:
         model = self._model_ref()
@@ -478,6 +468,8 @@ class Recorder:
                 versions = self._versions()
                 updated = versions != self._version_sum
                 self._version_sum = versions
+                if updated:  # weights changed by hand: the held backwards were steps
+                    self.ledger.release()
             first_after_update = self.backwards_in_step == 0 and updated
             if first_after_update:
                 self.obs.updates_seen += 1
@@ -492,10 +484,13 @@ class Recorder:
         self._emit("before_backward", cur.sampled, cur, loss, first_after_update)
 
     def after_backward(self, tensors: Any) -> None:
-        if self.optimizer_mode:
-            return
         cur = self.current
         if cur is None:
+            return
+        if self.optimizer_mode:
+            if self.in_optimizer_step and cur.backward_calls == 1:
+                # A closure optimizer's first evaluation: the gradients this step applies.
+                self._emit("closure_backward", cur.sampled, cur)
             return
         # No optimizer seen (yet): the update, if any, happens by hand after this
         # backward, so the step closes lazily at the next forward/backward.
@@ -507,29 +502,57 @@ class Recorder:
         ids = self.param_ids
         return any(id(p) in ids for g in opt.param_groups for p in g["params"])
 
+    def _adopt(self, opt: torch.optim.Optimizer) -> None:
+        """A discovered optimizer over the model's parameters joins the description."""
+        if any(r() is opt for r in self._optimizers):
+            return
+        self._optimizers.append(weakref.ref(opt))
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        for name, p in self.params:
+            meta = self.obs.params[name]
+            meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
+        self.obs.has_optimizer = True
+        self.obs.optimizers.append(describe_optimizer(opt))
+
+    def _stepping_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer whose ``step()`` is running now, if the watch starts inside one
+        (the CLI runner enters at the first forward: inside an LBFGS closure, that is
+        inside the first step, whose pre-step hook already ran)."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "wrapper" and frame.f_code.co_filename.endswith(_OPTIMIZER_FILE):
+                opt = frame.f_locals.get("self")
+                if isinstance(opt, torch.optim.Optimizer) and self._owns(opt):
+                    return opt
+            frame = frame.f_back
+        return None
+
     def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._owns(opt):
             return
-        if not any(r() is opt for r in self._optimizers):
-            self._optimizers.append(weakref.ref(opt))
-            ids = {id(p) for g in opt.param_groups for p in g["params"]}
-            for name, p in self.params:
-                meta = self.obs.params[name]
-                meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
-            self.obs.has_optimizer = True
-            self.obs.optimizers.append(describe_optimizer(opt))
+        self._adopt(opt)
         if not self.optimizer_mode:
-            # The first optimizer step tells us updates go through an optimizer: the
-            # step that the last backward left open is closed by this optimizer's post hook.
-            self.optimizer_mode = True
-            self._pending_close = False
+            try:
+                # The backwards seen so far were micro-batches of this step.
+                self._optimizer_found(inside_step=False)
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
         self._opt_pre(opt, args, kwargs)
 
     def _global_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._owns(opt):
-            self._opt_post(opt, args, kwargs)
+        if not self._owns(opt):
+            return
+        if not self.optimizer_mode:  # its pre-step hook ran before the watch began
+            self._adopt(opt)
+            try:
+                self._optimizer_found(inside_step=True)
+                self._emit("update_unseen", True, self.current)
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+        self._opt_post(opt, args, kwargs)
 
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.in_optimizer_step = True
         try:
             cur = self._open_step()
         except Exception as exc:
@@ -539,6 +562,7 @@ class Recorder:
             self._emit("before_update", cur.sampled, cur)
 
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.in_optimizer_step = False
         self._opt_stepped = True
         self._stepped_since_backward = True
         cur = self.current
@@ -554,6 +578,8 @@ class Recorder:
         stepped, self._opt_stepped = self._opt_stepped, False
         cur = self.current
         if cur is not None and cur.backward_calls > 0 and not stepped:
+            if not self.optimizer_mode:  # an AMP step is an optimizer step, skipped or not
+                self._optimizer_found(inside_step=False)
             cur.skipped = True
             self._emit("step_skipped", cur.sampled, cur)
             try:

@@ -56,6 +56,9 @@ class UpdateObserver(Observer):
     def step_skipped(self, cur: StepRecord) -> None:
         self._snapshot = None
 
+    def update_unseen(self, cur: StepRecord) -> None:
+        self._snapshot = None  # taken inside the step: not the whole update
+
     def close_step(self, cur: StepRecord) -> None:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
