@@ -3,9 +3,10 @@ waiting for the next sync, the device-side reduction helpers and the unit base c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
 
@@ -158,4 +159,58 @@ def listens(unit: Observer, event: str) -> bool:
     return callable(getattr(type(unit), event, None))
 
 
-__all__ = ["Schedule", "Pending", "Observer", "tensor_stats", "mean_std", "float_tensors", "NAN", "EVENTS", "listens"]
+class Units:
+    """One recorder's units by name, and per (event, sampled step?) the live units that
+    listen to it: on sampled steps all of them, on unsampled steps only the
+    ``every_step`` ones (so a plain step calls little). A unit that raises in an event is
+    reported to ``recorder.unit_failed``, which switches it off."""
+
+    def __init__(self, classes: Iterable[type[Observer]], recorder: "Recorder") -> None:
+        self.by_name: dict[str, Observer] = {}
+        for cls in classes:
+            unit = cls(recorder)
+            self.by_name[unit.name] = unit
+        self._on_error = recorder.unit_failed
+        self.handlers: dict[tuple[str, bool], list[tuple[Observer, Callable[..., Any]]]] = {}
+        self.route()
+
+    def __getitem__(self, name: str) -> Observer:
+        return self.by_name[name]
+
+    def values(self) -> Iterable[Observer]:
+        return self.by_name.values()
+
+    def route(self) -> None:
+        for event in EVENTS:
+            for sampled in (True, False):
+                self.handlers[(event, sampled)] = [
+                    (u, getattr(u, event)) for u in self.by_name.values()
+                    if u.failed is None and listens(u, event) and (sampled or u.every_step)
+                ]
+
+    def emit(self, event: str, sampled: bool, *args: Any) -> None:
+        for unit, method in self.handlers[(event, sampled)]:
+            try:
+                method(*args)
+            except Exception as exc:
+                self._on_error(unit, event, exc)
+
+    def switch_off(self, unit: Observer) -> None:
+        with contextlib.suppress(Exception):
+            unit.remove_hooks()
+        with contextlib.suppress(Exception):
+            unit.release()
+        self.route()
+
+    def remove_hooks(self) -> None:
+        for unit in self.by_name.values():
+            with contextlib.suppress(Exception):
+                unit.remove_hooks()
+
+    def release(self) -> None:
+        for unit in self.by_name.values():
+            with contextlib.suppress(Exception):
+                unit.release()
+
+
+__all__ = ["Schedule", "Pending", "Observer", "Units", "tensor_stats", "mean_std", "float_tensors", "NAN", "EVENTS", "listens"]

@@ -25,8 +25,6 @@ changes a tensor the user sees, consumes RNG, or calls ``.item()``.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -34,11 +32,11 @@ import torch
 from torch import nn
 
 from .._derive import derive_all
-from .._observations import Observations, ParamMeta, StepRecord
+from .._observations import Observations, StepRecord
 from .._tree import tensors
-from ._base import EVENTS, Observer, Pending, Schedule, listens
+from ._base import Observer, Pending, Schedule, Units
+from ._describe import adopt_optimizer, describe_data_loaders, describe_watch, stepping_optimizer
 from ._ledger import StepLedger
-from ._describe import describe_modules, describe_optimizer, describe_param, init_weight_stats
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
 from .gradients import GradientObserver
@@ -47,8 +45,6 @@ from .loss import LossObserver
 from .loss_graph import LossGraphObserver
 from .probe import UnregisteredModuleProbe
 from .updates import UpdateObserver
-
-_OPTIMIZER_FILE = os.path.join("optim", "optimizer.py")  # Optimizer.step's hook-calling wrapper
 
 # The units, in the order they hear each event (the loss graph before the inputs: the
 # inputs unit reads the labels from the loss node the graph unit found).
@@ -100,12 +96,8 @@ class Recorder:
         self.backwards_in_step = 0
         self.scratch: dict[str, Any] = {}  # per-step notes passed between units
         self.current: StepRecord | None = None
-        self.units: dict[str, Observer] = {}
-        for cls in UNITS:
-            unit = cls(self)
-            self.units[unit.name] = unit
-        self._handlers: dict[tuple[str, bool], list[tuple[Observer, Callable[..., Any]]]] = {}
-        self._route()
+        self.units = Units(UNITS, self)
+        self._emit = self.units.emit
         self._stack: contextlib.ExitStack | None = None
         self._step_hooks: dict[str, list[Any]] = {}
         self._step = 0
@@ -137,7 +129,7 @@ class Recorder:
         try:
             self._describe(model)
             stack.callback(self._remove_step_hooks)
-            stack.callback(self._remove_unit_hooks)
+            stack.callback(self.units.remove_hooks)
             h = model.register_forward_pre_hook(self._root_pre, with_kwargs=True)
             stack.callback(h.remove)
             h = model.register_forward_hook(self._root_post, always_call=True)
@@ -161,7 +153,7 @@ class Recorder:
                 h = self._loss_fn.register_forward_pre_hook(self._loss_pre)
                 stack.callback(h.remove)
             self._begin_step()
-            opt = self._stepping_optimizer()
+            opt = stepping_optimizer(self._owns)
             if opt is not None:  # the watch begins inside an optimizer step (a closure)
                 self._adopt(opt)
                 self.optimizer_mode = self.in_optimizer_step = True
@@ -176,7 +168,7 @@ class Recorder:
         if stack is not None:
             stack.close()
         self._remove_step_hooks()
-        self._remove_unit_hooks()
+        self.units.remove_hooks()
 
     def finish(self) -> Observations:
         """Close the open step, sync, and return the observations (after detach)."""
@@ -189,13 +181,13 @@ class Recorder:
             self.ledger.release()  # no optimizer ever stepped: each backward was a step
             self._sync()
             self._emit("finalize", True, self.obs)
-            self.obs.data_loaders = self._data_loaders()
+            self.obs.data_loaders = describe_data_loaders(self._loaders)
             derive_all(self.obs)
         except Exception as exc:  # evaluating must never raise into the user's code
             self.obs.notes.append(f"observer failed while finishing: {exc!r}")
         # Drop every reference to the user's tensors (parameters, snapshots).
         self.params = []
-        self._release_units()
+        self.units.release()
         self.pending = Pending()
         return self.obs
 
@@ -207,33 +199,6 @@ class Recorder:
             seen["iterations"] += 1
         except Exception:  # pragma: no cover - a loader that refuses weak references
             pass
-
-    def _data_loaders(self) -> list[dict[str, Any]]:
-        """The loaders iterated while watching, plus the ones alive now: a loader whose
-        iterator was taken before the watch (``x, y = next(iter(loader))`` above the loop,
-        or the CLI runner entering at the first forward) still counts."""
-        import gc
-
-        from torch.utils.data import DataLoader
-
-        found: dict[int, tuple[Any, int]] = {}
-        for key, seen in self._loaders.items():
-            loader = seen["loader"]()
-            if loader is not None:
-                found[key] = (loader, seen["iterations"])
-        for obj in gc.get_objects():
-            # type(), not isinstance(): isinstance reads `__class__`, which some module
-            # proxies (deprecated torch aliases) answer with a warning.
-            if issubclass(type(obj), DataLoader) and id(obj) not in found:
-                found[id(obj)] = (obj, 0)
-        out = []
-        for loader, iterations in found.values():
-            try:
-                dataset_len = len(loader.dataset)
-            except Exception:  # an IterableDataset without __len__
-                dataset_len = None
-            out.append({"dataset_len": dataset_len, "batch_size": loader.batch_size, "iterations": iterations})
-        return out
 
     def enter_forward(self, args: Any, kwargs: Any) -> None:
         """Attached from inside the model's forward pre-hook chain (the CLI runner
@@ -253,23 +218,6 @@ class Recorder:
             self._guard(unit, "GradScaler.scale", unit.on_scaled, scaled_loss, scaler)  # type: ignore[attr-defined]
 
     # -- units -----------------------------------------------------------------------
-    def _route(self) -> None:
-        """Per event, the live units that listen to it: on sampled steps all of them,
-        on unsampled steps only the ``every_step`` ones (so a plain step calls little)."""
-        for event in EVENTS:
-            for sampled in (True, False):
-                self._handlers[(event, sampled)] = [
-                    (u, getattr(u, event)) for u in self.units.values()
-                    if u.failed is None and listens(u, event) and (sampled or u.every_step)
-                ]
-
-    def _emit(self, event: str, sampled: bool, *args: Any) -> None:
-        for unit, method in self._handlers[(event, sampled)]:
-            try:
-                method(*args)
-            except Exception as exc:
-                self.unit_failed(unit, event, exc)
-
     def _guard(self, unit: Observer, where: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
@@ -290,53 +238,12 @@ class Recorder:
         self.obs.observer_failures[unit.name] = {"error": repr(exc), "where": where, "checks": list(unit.feeds)}
         for h in reversed(self._step_hooks.pop(unit.name, [])):
             h.remove()
-        with contextlib.suppress(Exception):
-            unit.remove_hooks()
-        with contextlib.suppress(Exception):
-            unit.release()
-        self._route()
-
-    def _remove_unit_hooks(self) -> None:
-        for unit in self.units.values():
-            with contextlib.suppress(Exception):
-                unit.remove_hooks()
-
-    def _release_units(self) -> None:
-        for unit in self.units.values():
-            with contextlib.suppress(Exception):
-                unit.release()
+        self.units.switch_off(unit)
 
     # -- description of the model (host side, once) ---------------------------------
     def _describe(self, model: nn.Module) -> None:
-        obs = self.obs
-        obs.model_class = type(model).__name__
-        opts = self.optimizers
-        in_opt: set[int] | None = None
-        if opts:
-            in_opt = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
-            obs.has_optimizer = True
-            obs.optimizers = [describe_optimizer(o) for o in opts]
-        obs.modules, self.module_ids = describe_modules(model)
-        weights: list[tuple[ParamMeta, torch.Tensor]] = []
-        for name, p in model.named_parameters():
-            meta = describe_param(name, p, obs.modules, None if in_opt is None else id(p) in in_opt)
-            obs.params[name] = meta
-            self.param_ids[id(p)] = name
-            self.params.append((name, p))
-            if (meta.role == "weight" and meta.category in ("linear", "conv") and p.is_floating_point()
-                    and p.numel() > 1):
-                weights.append((meta, p))
-        obs.n_parameters = sum(m.numel for m in obs.params.values())
-        obs.n_trainable = sum(m.numel for m in obs.params.values() if m.requires_grad)
-        if weights:  # initial weight statistics, resolved at the first sync
-            metas = [m for m, _ in weights]
-
-            def sink(vals: list[float]) -> None:
-                for i, m in enumerate(metas):
-                    m.init_std, m.init_mean, spread = vals[3 * i : 3 * i + 3]
-                    m.init_all_equal = spread == 0.0
-
-            self.pending.add(init_weight_stats(weights), sink)
+        self.params, self.param_ids, self.module_ids = describe_watch(self.obs, model, self.optimizers,
+                                                                      self.pending)
         self._version_sum = self._versions()
 
     def _versions(self) -> int:
@@ -418,7 +325,7 @@ class Recorder:
         model = self._model_ref()
         if self._stack is None or model is None:
             return
-        for unit, method in self._handlers[("step_hooks", True)]:
+        for unit, method in self.units.handlers[("step_hooks", True)]:
             try:
                 self._step_hooks[unit.name] = method(model)
             except Exception as exc:
@@ -504,28 +411,9 @@ class Recorder:
 
     def _adopt(self, opt: torch.optim.Optimizer) -> None:
         """A discovered optimizer over the model's parameters joins the description."""
-        if any(r() is opt for r in self._optimizers):
-            return
-        self._optimizers.append(weakref.ref(opt))
-        ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        for name, p in self.params:
-            meta = self.obs.params[name]
-            meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
-        self.obs.has_optimizer = True
-        self.obs.optimizers.append(describe_optimizer(opt))
-
-    def _stepping_optimizer(self) -> torch.optim.Optimizer | None:
-        """The optimizer whose ``step()`` is running now, if the watch starts inside one
-        (the CLI runner enters at the first forward: inside an LBFGS closure, that is
-        inside the first step, whose pre-step hook already ran)."""
-        frame = sys._getframe(1)
-        while frame is not None:
-            if frame.f_code.co_name == "wrapper" and frame.f_code.co_filename.endswith(_OPTIMIZER_FILE):
-                opt = frame.f_locals.get("self")
-                if isinstance(opt, torch.optim.Optimizer) and self._owns(opt):
-                    return opt
-            frame = frame.f_back
-        return None
+        if not any(r() is opt for r in self._optimizers):
+            self._optimizers.append(weakref.ref(opt))
+            adopt_optimizer(self.obs, self.params, opt)
 
     def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._owns(opt):
