@@ -60,8 +60,27 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mean.float(), var.float().sqrt()
     n = max(xf.numel(), 1)
     mean = xf.sum() / n
-    std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
+    if n >= 2 * STD_SUBSET:
+        # Large outputs: the mean (and so the non-finite flag) from every element, the
+        # std from a strided subset (a prime stride: no aliasing onto one channel or
+        # column), centred on the exact mean: two passes over the tensor become one.
+        sub = xf.reshape(-1)[:: _prime_at_least(n // STD_SUBSET)]
+        std = torch.linalg.vector_norm(sub - mean) / math.sqrt(sub.numel())
+    else:
+        std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
     return mean.float(), std.float()
+
+
+# Outputs of at least twice this many elements get their std estimated from a strided
+# subset of about this many (at least half: relative error well under 1%).
+STD_SUBSET = 1 << 16
+
+
+def _prime_at_least(k: int) -> int:
+    k = max(k, 2)
+    while any(k % d == 0 for d in range(2, int(k ** 0.5) + 1)):
+        k += 1
+    return k
 
 
 def tensor_stats(x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +108,18 @@ class Pending:
             return
         tensors, sinks = self.tensors, self.sinks
         self.tensors, self.sinks = [], []
-        by_device: dict[torch.device, list[int]] = {}
+        # Grouped by device and dtype: float32 values (nearly all) are concatenated as
+        # they are (a float32 is exact as a Python float), so a sync costs no per-tensor
+        # conversion; other dtypes are widened to float64.
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(tensors):
-            by_device.setdefault(t.device, []).append(i)
+            dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float64
+            groups.setdefault((t.device, dtype), []).append(i)
         values: list[list[float]] = [[] for _ in tensors]
-        for idxs in by_device.values():
-            flat = torch.cat([tensors[i].to(torch.float64) for i in idxs])
-            host = flat.tolist()  # the one device->host transfer for this device
+        for (_, dtype), idxs in groups.items():
+            parts = [tensors[i] if tensors[i].dtype == dtype else tensors[i].to(dtype) for i in idxs]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+            host = flat.tolist()  # one device->host transfer per device (and dtype)
             pos = 0
             for i in idxs:
                 n = tensors[i].numel()
