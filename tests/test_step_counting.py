@@ -186,3 +186,29 @@ def test_updates_by_hand_count_each_backward(how):
     assert [s.loss for s in steps] == pytest.approx(losses, rel=1e-6)
     assert all(s.update_norms and all(v > 0 for v in s.update_norms.values()) for s in steps if s.sampled)
     assert not any(math.isnan(s.loss) for s in steps)
+
+
+def test_live_tensorboard_stream_gets_optimizer_steps_not_micro_batches(tmp_path):
+    """Backwards before the first optimizer step are held back, not streamed: the loss
+    scalars written while training are one per optimizer step, with the step's loss."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    model, (x, y) = net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = Doctor(model)  # the optimizer is discovered at its first step
+    means = []
+    with doctor.watch(logdir=tmp_path):
+        for _ in range(5):
+            opt.zero_grad()
+            micro = []
+            for k in range(4):
+                loss = F.cross_entropy(model(x[16 * k:16 * (k + 1)]), y[16 * k:16 * (k + 1)])
+                micro.append(loss.item())
+                (loss / 4).backward()
+            means.append(sum(micro) / 4)
+            opt.step()
+    acc = ea.EventAccumulator(str(tmp_path), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    events = acc.Scalars("nndoctor/loss/value")
+    assert [e.step for e in events] == list(range(5))
+    assert [e.value for e in events] == pytest.approx(means, rel=1e-5)
