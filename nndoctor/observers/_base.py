@@ -3,9 +3,10 @@ waiting for the next sync, the device-side reduction helpers and the unit base c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
 
@@ -59,8 +60,27 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mean.float(), var.float().sqrt()
     n = max(xf.numel(), 1)
     mean = xf.sum() / n
-    std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
+    if n >= 2 * STD_SUBSET:
+        # Large outputs: the mean (and so the non-finite flag) from every element, the
+        # std from a strided subset (a prime stride: no aliasing onto one channel or
+        # column), centred on the exact mean: two passes over the tensor become one.
+        sub = xf.reshape(-1)[:: _prime_at_least(n // STD_SUBSET)]
+        std = torch.linalg.vector_norm(sub - mean) / math.sqrt(sub.numel())
+    else:
+        std = torch.linalg.vector_norm(xf - mean) / math.sqrt(n)
     return mean.float(), std.float()
+
+
+# Outputs of at least twice this many elements get their std estimated from a strided
+# subset of about this many (at least half: relative error well under 1%).
+STD_SUBSET = 1 << 16
+
+
+def _prime_at_least(k: int) -> int:
+    k = max(k, 2)
+    while any(k % d == 0 for d in range(2, int(k ** 0.5) + 1)):
+        k += 1
+    return k
 
 
 def tensor_stats(x: torch.Tensor) -> torch.Tensor:
@@ -88,13 +108,18 @@ class Pending:
             return
         tensors, sinks = self.tensors, self.sinks
         self.tensors, self.sinks = [], []
-        by_device: dict[torch.device, list[int]] = {}
+        # Grouped by device and dtype: float32 values (nearly all) are concatenated as
+        # they are (a float32 is exact as a Python float), so a sync costs no per-tensor
+        # conversion; other dtypes are widened to float64.
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(tensors):
-            by_device.setdefault(t.device, []).append(i)
+            dtype = t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float64
+            groups.setdefault((t.device, dtype), []).append(i)
         values: list[list[float]] = [[] for _ in tensors]
-        for idxs in by_device.values():
-            flat = torch.cat([tensors[i].to(torch.float64) for i in idxs])
-            host = flat.tolist()  # the one device->host transfer for this device
+        for (_, dtype), idxs in groups.items():
+            parts = [tensors[i] if tensors[i].dtype == dtype else tensors[i].to(dtype) for i in idxs]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+            host = flat.tolist()  # one device->host transfer per device (and dtype)
             pos = 0
             for i in idxs:
                 n = tensors[i].numel()
@@ -118,8 +143,11 @@ class Observer:
     Events: ``begin_step(cur)``, ``model_pre(cur, args, kwargs)``,
     ``model_post(cur, module, args, output)``, ``loss_pre(cur, module, args)``,
     ``before_backward(cur, loss, first_after_update)``, ``after_backward(cur)`` (updates
-    by hand), ``before_update(cur)`` (an optimizer is about to step), ``step_skipped(cur)``
-    (GradScaler skipped it), ``close_step(cur)``, ``finalize(obs)``; ``step_hooks(model)``
+    by hand), ``before_update(cur)`` (an optimizer is about to step),
+    ``closure_backward(cur)`` (the first backward inside an optimizer's ``step()``, before
+    which the step had none: a closure optimizer's first evaluation), ``step_skipped(cur)``
+    (GradScaler skipped it), ``update_unseen(cur)`` (the step began before the watch
+    could see it), ``close_step(cur)``, ``finalize(obs)``; ``step_hooks(model)``
     returns the per-module hook handles of a sampled step (removed when it ends)."""
 
     name: ClassVar[str] = "observer"
@@ -147,11 +175,66 @@ class Observer:
 
 
 EVENTS = ("begin_step", "model_pre", "model_post", "loss_pre", "before_backward", "after_backward",
-          "before_update", "step_skipped", "close_step", "finalize", "step_hooks")
+          "closure_backward", "before_update", "step_skipped", "update_unseen", "close_step", "finalize",
+          "step_hooks")
 
 
 def listens(unit: Observer, event: str) -> bool:
     return callable(getattr(type(unit), event, None))
 
 
-__all__ = ["Schedule", "Pending", "Observer", "tensor_stats", "mean_std", "float_tensors", "NAN", "EVENTS", "listens"]
+class Units:
+    """One recorder's units by name, and per (event, sampled step?) the live units that
+    listen to it: on sampled steps all of them, on unsampled steps only the
+    ``every_step`` ones (so a plain step calls little). A unit that raises in an event is
+    reported to ``recorder.unit_failed``, which switches it off."""
+
+    def __init__(self, classes: Iterable[type[Observer]], recorder: "Recorder") -> None:
+        self.by_name: dict[str, Observer] = {}
+        for cls in classes:
+            unit = cls(recorder)
+            self.by_name[unit.name] = unit
+        self._on_error = recorder.unit_failed
+        self.handlers: dict[tuple[str, bool], list[tuple[Observer, Callable[..., Any]]]] = {}
+        self.route()
+
+    def __getitem__(self, name: str) -> Observer:
+        return self.by_name[name]
+
+    def values(self) -> Iterable[Observer]:
+        return self.by_name.values()
+
+    def route(self) -> None:
+        for event in EVENTS:
+            for sampled in (True, False):
+                self.handlers[(event, sampled)] = [
+                    (u, getattr(u, event)) for u in self.by_name.values()
+                    if u.failed is None and listens(u, event) and (sampled or u.every_step)
+                ]
+
+    def emit(self, event: str, sampled: bool, *args: Any) -> None:
+        for unit, method in self.handlers[(event, sampled)]:
+            try:
+                method(*args)
+            except Exception as exc:
+                self._on_error(unit, event, exc)
+
+    def switch_off(self, unit: Observer) -> None:
+        with contextlib.suppress(Exception):
+            unit.remove_hooks()
+        with contextlib.suppress(Exception):
+            unit.release()
+        self.route()
+
+    def remove_hooks(self) -> None:
+        for unit in self.by_name.values():
+            with contextlib.suppress(Exception):
+                unit.remove_hooks()
+
+    def release(self) -> None:
+        for unit in self.by_name.values():
+            with contextlib.suppress(Exception):
+                unit.release()
+
+
+__all__ = ["Schedule", "Pending", "Observer", "Units", "tensor_stats", "mean_std", "float_tensors", "NAN", "EVENTS", "listens"]

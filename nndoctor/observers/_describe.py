@@ -1,14 +1,19 @@
 """The model's description, taken once when a watch starts: module categories (the only
-place that looks at torch classes), parameter roles, fan-in, optimizer settings."""
+place that looks at torch classes), parameter roles, fan-in, optimizer settings; and what
+the watch finds around the model: optimizers discovered while it runs (one may be
+stepping when it starts), the data loaders that fed it."""
 
 from __future__ import annotations
 
-from typing import Any
+import gc
+import os
+import sys
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .._observations import ModuleMeta, ParamMeta
+from .._observations import ModuleMeta, Observations, ParamMeta
 
 _RELU = (nn.ReLU, nn.ReLU6)
 _NORM = tuple(c for c in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None))
@@ -119,3 +124,94 @@ def init_weight_stats(weights: list[tuple[ParamMeta, torch.Tensor]]) -> torch.Te
             spread = p.detach().amax() - p.detach().amin()
             stats.append(torch.stack([var.sqrt(), mean, spread.float()]))
         return torch.stack(stats)
+
+
+def describe_watch(obs: Observations, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                   pending: Any) -> tuple[list[tuple[str, torch.Tensor]], dict[int, str], dict[int, str]]:
+    """Fill in ``obs``'s description of the model and its optimizers; queue the initial
+    weight statistics on ``pending`` (resolved at the first sync). Returns the parameters
+    by name, and the names of parameters and modules by ``id``."""
+    obs.model_class = type(model).__name__
+    in_opt: set[int] | None = None
+    if optimizers:
+        in_opt = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
+        obs.has_optimizer = True
+        obs.optimizers = [describe_optimizer(o) for o in optimizers]
+    obs.modules, module_ids = describe_modules(model)
+    params: list[tuple[str, torch.Tensor]] = []
+    param_ids: dict[int, str] = {}
+    weights: list[tuple[ParamMeta, torch.Tensor]] = []
+    for name, p in model.named_parameters():
+        meta = describe_param(name, p, obs.modules, None if in_opt is None else id(p) in in_opt)
+        obs.params[name] = meta
+        param_ids[id(p)] = name
+        params.append((name, p))
+        if (meta.role == "weight" and meta.category in ("linear", "conv") and p.is_floating_point()
+                and p.numel() > 1):
+            weights.append((meta, p))
+    obs.n_parameters = sum(m.numel for m in obs.params.values())
+    obs.n_trainable = sum(m.numel for m in obs.params.values() if m.requires_grad)
+    if weights:
+        metas = [m for m, _ in weights]
+
+        def sink(vals: list[float]) -> None:
+            for i, m in enumerate(metas):
+                m.init_std, m.init_mean, spread = vals[3 * i : 3 * i + 3]
+                m.init_all_equal = spread == 0.0
+
+        pending.add(init_weight_stats(weights), sink)
+    return params, param_ids, module_ids
+
+
+def adopt_optimizer(obs: Observations, params: list[tuple[str, torch.Tensor]], opt: torch.optim.Optimizer) -> None:
+    """An optimizer over the model's parameters found while watching joins the description."""
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    for name, p in params:
+        meta = obs.params[name]
+        meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
+    obs.has_optimizer = True
+    obs.optimizers.append(describe_optimizer(opt))
+
+
+_OPTIMIZER_FILE = os.path.join("optim", "optimizer.py")  # where Optimizer.step's hook-calling wrapper lives
+
+
+def stepping_optimizer(owns: Callable[[torch.optim.Optimizer], bool]) -> torch.optim.Optimizer | None:
+    """The optimizer (over the model: ``owns``) whose ``step()`` is running now, if a watch
+    starts inside one: the CLI runner enters at the model's first forward, which for a
+    closure optimizer (LBFGS) is inside the first step, after its pre-step hook ran."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "wrapper" and frame.f_code.co_filename.endswith(_OPTIMIZER_FILE):
+            opt = frame.f_locals.get("self")
+            if isinstance(opt, torch.optim.Optimizer) and owns(opt):
+                return opt
+        frame = frame.f_back
+    return None
+
+
+def describe_data_loaders(iterated: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loaders iterated while watching (``iterated``: id -> {"loader": weakref,
+    "iterations": n}), plus the ones alive now: a loader whose iterator was taken before
+    the watch (``x, y = next(iter(loader))`` above the loop, or the CLI runner entering
+    at the first forward) still counts."""
+    from torch.utils.data import DataLoader
+
+    found: dict[int, tuple[Any, int]] = {}
+    for key, seen in iterated.items():
+        loader = seen["loader"]()
+        if loader is not None:
+            found[key] = (loader, seen["iterations"])
+    for obj in gc.get_objects():
+        # type(), not isinstance(): isinstance reads `__class__`, which some module
+        # proxies (deprecated torch aliases) answer with a warning.
+        if issubclass(type(obj), DataLoader) and id(obj) not in found:
+            found[id(obj)] = (obj, 0)
+    out = []
+    for loader, iterations in found.values():
+        try:
+            dataset_len = len(loader.dataset)
+        except Exception:  # an IterableDataset without __len__
+            dataset_len = None
+        out.append({"dataset_len": dataset_len, "batch_size": loader.batch_size, "iterations": iterations})
+    return out

@@ -25,7 +25,6 @@ changes a tensor the user sees, consumes RNG, or calls ``.item()``.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -33,10 +32,11 @@ import torch
 from torch import nn
 
 from .._derive import derive_all
-from .._observations import Observations, ParamMeta, StepRecord
+from .._observations import Observations, StepRecord
 from .._tree import tensors
-from ._base import EVENTS, Observer, Pending, Schedule, listens
-from ._describe import describe_modules, describe_optimizer, describe_param, init_weight_stats
+from ._base import Observer, Pending, Schedule, Units
+from ._describe import adopt_optimizer, describe_data_loaders, describe_watch, stepping_optimizer
+from ._ledger import StepLedger
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
 from .gradients import GradientObserver
@@ -78,7 +78,6 @@ class Recorder:
         self._loss_fn = loss_fn
         self.schedule = schedule or Schedule()
         self._discover = discover_optimizers and not optimizers
-        self._on_sync = on_sync
         self.obs = Observations()
         self.pending = Pending()
         # The first training batch seen (inputs as passed to the model, and the class
@@ -88,16 +87,18 @@ class Recorder:
         self.params: list[tuple[str, torch.Tensor]] = []
         self.param_ids: dict[int, str] = {}
         self.module_ids: dict[int, str] = {}
+        # Steps are optimizer steps (an optimizer was given or has stepped); the optimizer's
+        # step() is running now (closure evaluations happen inside it).
         self.optimizer_mode = bool(optimizers)
+        self.in_optimizer_step = False
+        self.ledger = StepLedger(self.obs, max_records=self.max_records, holding=not optimizers,
+                                 trace_steps_after_nonfinite=self.schedule.trace_steps_after_nonfinite,
+                                 on_sync=on_sync)
         self.backwards_in_step = 0
         self.scratch: dict[str, Any] = {}  # per-step notes passed between units
         self.current: StepRecord | None = None
-        self.units: dict[str, Observer] = {}
-        for cls in UNITS:
-            unit = cls(self)
-            self.units[unit.name] = unit
-        self._handlers: dict[tuple[str, bool], list[tuple[Observer, Callable[..., Any]]]] = {}
-        self._route()
+        self.units = Units(UNITS, self)
+        self._emit = self.units.emit
         self._stack: contextlib.ExitStack | None = None
         self._step_hooks: dict[str, list[Any]] = {}
         self._step = 0
@@ -105,11 +106,6 @@ class Recorder:
         self._version_sum = 0
         self._stepped_since_backward = False
         self._opt_stepped = False
-        self._trace_until = -1
-        self._last_armed_for = -1
-        self._scanned = 0  # records already scanned for non-finite values
-        self._thinned = False
-        self._finished_steps: list[StepRecord] = []
 
     # -- public surface -------------------------------------------------------------
     @property
@@ -134,7 +130,7 @@ class Recorder:
         try:
             self._describe(model)
             stack.callback(self._remove_step_hooks)
-            stack.callback(self._remove_unit_hooks)
+            stack.callback(self.units.remove_hooks)
             h = model.register_forward_pre_hook(self._root_pre, with_kwargs=True)
             stack.callback(h.remove)
             h = model.register_forward_hook(self._root_post, always_call=True)
@@ -158,6 +154,11 @@ class Recorder:
                 h = self._loss_fn.register_forward_pre_hook(self._loss_pre)
                 stack.callback(h.remove)
             self._begin_step()
+            opt = stepping_optimizer(self._owns)
+            if opt is not None:  # the watch begins inside an optimizer step (a closure)
+                self._adopt(opt)
+                self.optimizer_mode = self.in_optimizer_step = True
+                self.ledger.holding = False
         except BaseException:
             self.detach()
             raise
@@ -168,7 +169,7 @@ class Recorder:
         if stack is not None:
             stack.close()
         self._remove_step_hooks()
-        self._remove_unit_hooks()
+        self.units.remove_hooks()
 
     def finish(self) -> Observations:
         """Close the open step, sync, and return the observations (after detach)."""
@@ -178,15 +179,16 @@ class Recorder:
             if cur is not None and (cur.backward_calls or self._pending_close):
                 self._close_step(begin_next=False)
             self.current = None
+            self.ledger.release()  # no optimizer ever stepped: each backward was a step
             self._sync()
             self._emit("finalize", True, self.obs)
-            self.obs.data_loaders = self._data_loaders()
+            self.obs.data_loaders = describe_data_loaders(self._loaders)
             derive_all(self.obs)
         except Exception as exc:  # evaluating must never raise into the user's code
             self.obs.notes.append(f"observer failed while finishing: {exc!r}")
         # Drop every reference to the user's tensors (parameters, snapshots).
         self.params = []
-        self._release_units()
+        self.units.release()
         self.pending = Pending()
         return self.obs
 
@@ -198,33 +200,6 @@ class Recorder:
             seen["iterations"] += 1
         except Exception:  # pragma: no cover - a loader that refuses weak references
             pass
-
-    def _data_loaders(self) -> list[dict[str, Any]]:
-        """The loaders iterated while watching, plus the ones alive now: a loader whose
-        iterator was taken before the watch (``x, y = next(iter(loader))`` above the loop,
-        or the CLI runner entering at the first forward) still counts."""
-        import gc
-
-        from torch.utils.data import DataLoader
-
-        found: dict[int, tuple[Any, int]] = {}
-        for key, seen in self._loaders.items():
-            loader = seen["loader"]()
-            if loader is not None:
-                found[key] = (loader, seen["iterations"])
-        for obj in gc.get_objects():
-            # type(), not isinstance(): isinstance reads `__class__`, which some module
-            # proxies (deprecated torch aliases) answer with a warning.
-            if issubclass(type(obj), DataLoader) and id(obj) not in found:
-                found[id(obj)] = (obj, 0)
-        out = []
-        for loader, iterations in found.values():
-            try:
-                dataset_len = len(loader.dataset)
-            except Exception:  # an IterableDataset without __len__
-                dataset_len = None
-            out.append({"dataset_len": dataset_len, "batch_size": loader.batch_size, "iterations": iterations})
-        return out
 
     def enter_forward(self, args: Any, kwargs: Any) -> None:
         """Attached from inside the model's forward pre-hook chain (the CLI runner
@@ -244,23 +219,6 @@ class Recorder:
             self._guard(unit, "GradScaler.scale", unit.on_scaled, scaled_loss, scaler)  # type: ignore[attr-defined]
 
     # -- units -----------------------------------------------------------------------
-    def _route(self) -> None:
-        """Per event, the live units that listen to it: on sampled steps all of them,
-        on unsampled steps only the ``every_step`` ones (so a plain step calls little)."""
-        for event in EVENTS:
-            for sampled in (True, False):
-                self._handlers[(event, sampled)] = [
-                    (u, getattr(u, event)) for u in self.units.values()
-                    if u.failed is None and listens(u, event) and (sampled or u.every_step)
-                ]
-
-    def _emit(self, event: str, sampled: bool, *args: Any) -> None:
-        for unit, method in self._handlers[(event, sampled)]:
-            try:
-                method(*args)
-            except Exception as exc:
-                self.unit_failed(unit, event, exc)
-
     def _guard(self, unit: Observer, where: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
@@ -281,53 +239,12 @@ class Recorder:
         self.obs.observer_failures[unit.name] = {"error": repr(exc), "where": where, "checks": list(unit.feeds)}
         for h in reversed(self._step_hooks.pop(unit.name, [])):
             h.remove()
-        with contextlib.suppress(Exception):
-            unit.remove_hooks()
-        with contextlib.suppress(Exception):
-            unit.release()
-        self._route()
-
-    def _remove_unit_hooks(self) -> None:
-        for unit in self.units.values():
-            with contextlib.suppress(Exception):
-                unit.remove_hooks()
-
-    def _release_units(self) -> None:
-        for unit in self.units.values():
-            with contextlib.suppress(Exception):
-                unit.release()
+        self.units.switch_off(unit)
 
     # -- description of the model (host side, once) ---------------------------------
     def _describe(self, model: nn.Module) -> None:
-        obs = self.obs
-        obs.model_class = type(model).__name__
-        opts = self.optimizers
-        in_opt: set[int] | None = None
-        if opts:
-            in_opt = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
-            obs.has_optimizer = True
-            obs.optimizers = [describe_optimizer(o) for o in opts]
-        obs.modules, self.module_ids = describe_modules(model)
-        weights: list[tuple[ParamMeta, torch.Tensor]] = []
-        for name, p in model.named_parameters():
-            meta = describe_param(name, p, obs.modules, None if in_opt is None else id(p) in in_opt)
-            obs.params[name] = meta
-            self.param_ids[id(p)] = name
-            self.params.append((name, p))
-            if (meta.role == "weight" and meta.category in ("linear", "conv") and p.is_floating_point()
-                    and p.numel() > 1):
-                weights.append((meta, p))
-        obs.n_parameters = sum(m.numel for m in obs.params.values())
-        obs.n_trainable = sum(m.numel for m in obs.params.values() if m.requires_grad)
-        if weights:  # initial weight statistics, resolved at the first sync
-            metas = [m for m, _ in weights]
-
-            def sink(vals: list[float]) -> None:
-                for i, m in enumerate(metas):
-                    m.init_std, m.init_mean, spread = vals[3 * i : 3 * i + 3]
-                    m.init_all_equal = spread == 0.0
-
-            self.pending.add(init_weight_stats(weights), sink)
+        self.params, self.param_ids, self.module_ids = describe_watch(self.obs, model, self.optimizers,
+                                                                      self.pending)
         self._version_sum = self._versions()
 
     def _versions(self) -> int:
@@ -343,7 +260,7 @@ class Recorder:
 
     def _begin_step(self) -> None:
         step = self._step
-        sampled = self.schedule.sampled(step) or step <= self._trace_until
+        sampled = self.schedule.sampled(step) or step <= self.ledger.trace_until
         cur = self.current = StepRecord(step=step, sampled=sampled)
         self.backwards_in_step = 0
         if sampled:
@@ -371,13 +288,8 @@ class Recorder:
         finally:
             if cur.sampled:
                 self._remove_step_hooks()
-            steps = self.obs.steps
-            steps.append(cur)
-            self._finished_steps.append(cur)
-            if len(steps) > self.max_records:
-                self._thin_records()  # cheap no-op until unsampled records exceed the bound
+            self.ledger.close(cur)
             if cur.sampled:
-                self.obs.sampled_steps += 1
                 self._sync()
             self._step += 1
             if begin_next and self._stack is not None:
@@ -385,51 +297,36 @@ class Recorder:
             else:
                 self.current = None
 
-    def _thin_records(self) -> None:
-        steps = self.obs.steps
-        plain = [r for r in steps if not r.sampled]
-        if len(plain) <= self.max_records:
-            return
-        older = {id(r) for i, r in enumerate(plain[: len(plain) // 2])
-                 if i % 2 and not r.grad_nonfinite and (r.loss is None or math.isfinite(r.loss))}
-        self.obs.steps = [r for r in steps if id(r) not in older]
-        self._scanned = max(0, self._scanned - (len(steps) - len(self.obs.steps)))
-        if not self._thinned:
-            self._thinned = True
-            self.obs.notes.append("long run: the older per-step records (loss, gradient norm) were thinned; "
-                                  "every sampled step is kept")
-
-    def _sync(self) -> None:
+    def _resolve(self) -> None:
         try:
             self.pending.resolve(lambda unit, exc: self.unit_failed(unit, "sync", exc))
         except Exception as exc:
             self.pending = Pending()
             self.obs.notes.append(f"observer sync failed: {exc!r}")
-        self._scan_nonfinite()
-        if self._on_sync is not None and self._finished_steps:
-            done, self._finished_steps = self._finished_steps, []
-            try:
-                self._on_sync(self.obs, done)
-            except Exception as exc:
-                self.obs.notes.append(f"live reporter failed and was switched off: {exc!r}")
-                self._on_sync = None
 
-    def _scan_nonfinite(self) -> None:
-        """After values reached the host: the first non-finite loss or gradient seen on a
-        step arms full tracing of the next steps (the one that went bad may not have been
-        sampled), once per new bad step."""
-        for rec in self.obs.steps[self._scanned:]:
-            bad = bool(rec.grad_nonfinite) or (rec.loss is not None and not math.isfinite(rec.loss))
-            if bad and rec.step > self._last_armed_for:
-                self._last_armed_for = rec.step
-                self._trace_until = max(self._trace_until, self._step + self.schedule.trace_steps_after_nonfinite)
-        self._scanned = len(self.obs.steps)
+    def _sync(self) -> None:
+        self._resolve()
+        self.ledger.synced(self._step)
+
+    def _optimizer_found(self, *, inside_step: bool) -> None:
+        """The first optimizer step over the model: steps are optimizer steps from now on,
+        and the backwards held since the watch began belong to the step now closing
+        (micro-batches before it, or, ``inside_step``, closure evaluations inside it)."""
+        self.optimizer_mode = True
+        self._pending_close = False
+        cur = self.current
+        if cur is None or not self.ledger.held:
+            self.ledger.holding = False
+            return
+        self._resolve()  # the held losses to the host (once per watch)
+        self.ledger.absorb(cur, closure=inside_step)
+        self._step = cur.step
 
     def _install_step_hooks(self) -> None:
         model = self._model_ref()
         if self._stack is None or model is None:
             return
-        for unit, method in self._handlers[("step_hooks", True)]:
+        for unit, method in self.units.handlers[("step_hooks", True)]:
             try:
                 self._step_hooks[unit.name] = method(model)
             except Exception as exc:
@@ -479,6 +376,8 @@ class Recorder:
                 versions = self._versions()
                 updated = versions != self._version_sum
                 self._version_sum = versions
+                if updated:  # weights changed by hand: the held backwards were steps
+                    self.ledger.release()
             first_after_update = self.backwards_in_step == 0 and updated
             if first_after_update:
                 self.obs.updates_seen += 1
@@ -493,10 +392,13 @@ class Recorder:
         self._emit("before_backward", cur.sampled, cur, loss, first_after_update)
 
     def after_backward(self, tensors: Any) -> None:
-        if self.optimizer_mode:
-            return
         cur = self.current
         if cur is None:
+            return
+        if self.optimizer_mode:
+            if self.in_optimizer_step and cur.backward_calls == 1:
+                # A closure optimizer's first evaluation: the gradients this step applies.
+                self._emit("closure_backward", cur.sampled, cur)
             return
         # No optimizer seen (yet): the update, if any, happens by hand after this
         # backward, so the step closes lazily at the next forward/backward.
@@ -508,29 +410,38 @@ class Recorder:
         ids = self.param_ids
         return any(id(p) in ids for g in opt.param_groups for p in g["params"])
 
+    def _adopt(self, opt: torch.optim.Optimizer) -> None:
+        """A discovered optimizer over the model's parameters joins the description."""
+        if not any(r() is opt for r in self._optimizers):
+            self._optimizers.append(weakref.ref(opt))
+            adopt_optimizer(self.obs, self.params, opt)
+
     def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._owns(opt):
             return
-        if not any(r() is opt for r in self._optimizers):
-            self._optimizers.append(weakref.ref(opt))
-            ids = {id(p) for g in opt.param_groups for p in g["params"]}
-            for name, p in self.params:
-                meta = self.obs.params[name]
-                meta.in_optimizer = bool(meta.in_optimizer) or id(p) in ids
-            self.obs.has_optimizer = True
-            self.obs.optimizers.append(describe_optimizer(opt))
+        self._adopt(opt)
         if not self.optimizer_mode:
-            # The first optimizer step tells us updates go through an optimizer: the
-            # step that the last backward left open is closed by this optimizer's post hook.
-            self.optimizer_mode = True
-            self._pending_close = False
+            try:
+                # The backwards seen so far were micro-batches of this step.
+                self._optimizer_found(inside_step=False)
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
         self._opt_pre(opt, args, kwargs)
 
     def _global_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._owns(opt):
-            self._opt_post(opt, args, kwargs)
+        if not self._owns(opt):
+            return
+        if not self.optimizer_mode:  # its pre-step hook ran before the watch began
+            self._adopt(opt)
+            try:
+                self._optimizer_found(inside_step=True)
+                self._emit("update_unseen", True, self.current)
+            except Exception as exc:
+                self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
+        self._opt_post(opt, args, kwargs)
 
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.in_optimizer_step = True
         try:
             cur = self._open_step()
         except Exception as exc:
@@ -540,6 +451,7 @@ class Recorder:
             self._emit("before_update", cur.sampled, cur)
 
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.in_optimizer_step = False
         self._opt_stepped = True
         self._stepped_since_backward = True
         cur = self.current
@@ -555,6 +467,8 @@ class Recorder:
         stepped, self._opt_stepped = self._opt_stepped, False
         cur = self.current
         if cur is not None and cur.backward_calls > 0 and not stepped:
+            if not self.optimizer_mode:  # an AMP step is an optimizer step, skipped or not
+                self._optimizer_found(inside_step=False)
             cur.skipped = True
             self._emit("step_skipped", cur.sampled, cur)
             try:

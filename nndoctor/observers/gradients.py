@@ -95,7 +95,8 @@ class GradientObserver(Observer):
         self._measure(cur)
 
     def before_update(self, cur: StepRecord) -> None:
-        self._measure(cur)
+        if cur.backward_calls:  # else a closure optimizer: measured at its first evaluation
+            self._measure(cur)
         seen = dict(self._at_backward)
         self._at_backward.clear()  # the hooks hold this dict: clear it in place
         if cur.sampled and seen:
@@ -106,6 +107,9 @@ class GradientObserver(Observer):
                 cur.grad_norms_at_backward = dict(zip(names, v))
 
             self.add(vec, sink)
+
+    def closure_backward(self, cur: StepRecord) -> None:
+        self._measure(cur)
 
     def release(self) -> None:
         self._at_backward.clear()

@@ -1,5 +1,9 @@
-"""The loss value of every step: the tensor ``backward()`` is called on (unscaled when a
-GradScaler multiplied it), or what the user hands to ``log_loss``."""
+"""The loss value of every step: what ``backward()`` was called on (unscaled when a
+GradScaler multiplied it), or what the user hands to ``log_loss``. A step with several
+backwards before its optimizer step (gradient accumulation: ``(loss / n).backward()`` per
+micro-batch) gets the sum of what was backpropagated, the loss whose gradient the step
+applies; a closure optimizer's re-evaluations inside ``step()`` (LBFGS line search) are
+not added: the step's loss is its first evaluation."""
 
 from __future__ import annotations
 
@@ -18,14 +22,15 @@ class LossObserver(Observer):
 
     def __init__(self, recorder: Any) -> None:
         super().__init__(recorder)
-        self.explicit_steps: set[int] = set()  # steps whose loss came from log_loss()
+        self._explicit: dict[int, StepRecord] = {}  # the steps given log_loss(), by id
+        self._counted: StepRecord | None = None  # the step that has a backward's loss queued
         self._scaled: tuple[int, Any] | None = None  # (id of the scaled loss, scale tensor)
 
     def on_scaled(self, scaled_loss: torch.Tensor, scaler: Any) -> None:
         self._scaled = (id(scaled_loss), getattr(scaler, "_scale", None))
 
     def log(self, cur: StepRecord, loss: Any) -> None:
-        self.explicit_steps.add(cur.step)
+        self._explicit[id(cur)] = cur
         if not isinstance(loss, torch.Tensor):
             cur.loss = float(loss)
             return
@@ -35,29 +40,36 @@ class LossObserver(Observer):
 
         self.add(loss.detach().reshape(-1)[:1].float(), sink)
 
+    def _logged(self, cur: StepRecord) -> bool:
+        return self._explicit.get(id(cur)) is cur
+
     def before_backward(self, cur: StepRecord, loss: Any, first_after_update: bool) -> None:
-        if (loss is None or loss.numel() != 1 or self.rec.backwards_in_step != 1
-                or cur.step in self.explicit_steps):
-            return
-        value = loss.detach().reshape(())
         scaled, self._scaled = self._scaled, None
+        if loss is None or loss.numel() != 1 or self._logged(cur):
+            return
+        if self.rec.in_optimizer_step and self._counted is cur:
+            return  # a closure re-evaluation inside the optimizer's step
+        self._counted = cur
+        value = loss.detach().reshape(())
         if scaled is not None and scaled[0] == id(loss) and scaled[1] is not None:
             # GradScaler multiplied the loss: report it in the user's units (a device
             # division, no sync).
             scale = scaled[1].detach().reshape(()).to(value.dtype)
 
             def scaled_sink(v: list[float]) -> None:
-                if cur.loss is None:
-                    cur.loss, cur.loss_scale = v[0], v[1]
+                if not self._logged(cur):
+                    cur.loss = v[0] + (cur.loss or 0.0)
+                    cur.loss_scale = v[1]
 
             self.add(torch.stack([value / scale, scale]), scaled_sink)
             return
 
         def sink(v: list[float]) -> None:
-            if cur.loss is None:
-                cur.loss = v[0]
+            if not self._logged(cur):
+                cur.loss = v[0] + (cur.loss or 0.0)
 
         self.add(value, sink)
 
     def release(self) -> None:
         self._scaled = None
+        self._counted = None

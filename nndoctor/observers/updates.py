@@ -40,7 +40,9 @@ class UpdateObserver(Observer):
             return
         with torch.no_grad():
             subsets = [self._subset(p) for _, p in chosen]
-            self._snapshot = ([n for n, _ in chosen], [s.clone() for s, _ in subsets], [k for _, k in subsets])
+            # one foreach copy instead of a clone per parameter
+            copies = list(torch._foreach_mul([s for s, _ in subsets], 1.0))
+            self._snapshot = ([n for n, _ in chosen], copies, [k for _, k in subsets])
         self._from_backward = from_backward
 
     def after_backward(self, cur: StepRecord) -> None:
@@ -56,6 +58,9 @@ class UpdateObserver(Observer):
     def step_skipped(self, cur: StepRecord) -> None:
         self._snapshot = None
 
+    def update_unseen(self, cur: StepRecord) -> None:
+        self._snapshot = None  # taken inside the step: not the whole update
+
     def close_step(self, cur: StepRecord) -> None:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
@@ -65,9 +70,7 @@ class UpdateObserver(Observer):
         after = [self._subset(current[n])[0] for n in names]
         with torch.no_grad():
             deltas = torch._foreach_sub(after, before)
-            upd = torch.stack(torch._foreach_norm(deltas)).float()
-            w = torch.stack(torch._foreach_norm(before)).float()
-            vec = torch.cat([upd, w])
+            vec = torch.stack(torch._foreach_norm([*deltas, *before])).float()  # [updates, weights]
         n = len(names)
 
         def sink(v: list[float]) -> None:
