@@ -40,6 +40,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _ALARM_GRACE_S = 2.0
 # The step-0 loss rebuilt from the loss graph must match the script's own within this.
 _LOSS_MATCH_RTOL = 1e-3
+# The script's wall-clock budget when the caller gives none (``run_script(timeout=None)``).
+DEFAULT_SCRIPT_TIMEOUT_S = 120.0
 # Extra seconds a compiled model's first step may take (its cold compile) beyond --timeout.
 _COMPILE_ALLOWANCE_S = 300.0
 
@@ -138,7 +140,9 @@ class ScriptRun:
     optimizer: str | None = None
     experiments: str = "not run"       # "ran", "skipped: <why>", "not run"
     experiment_seconds: float = 0.0
+    experiment_budget: float | None = None  # seconds the experiments were given (None: no limit)
     notes: list[str] = dataclasses.field(default_factory=list)
+    step_seconds: float | None = None  # the script's own time for one watched training step
 
     @property
     def trained(self) -> bool:
@@ -215,6 +219,10 @@ class _Session:
         self.compiled = False
         self.compile_allowance: tuple[float, float] | None = None  # (extra s, budget left)
         self.alarm_armed = False
+        # When (time.monotonic()) the model's first forward began and each watched step
+        # ended: the script's own cost of one training step, which sizes the experiments.
+        self.first_forward_at: float | None = None
+        self.step_marks: list[float] = []
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -341,6 +349,8 @@ class _Session:
         # or an optimizer built later) the Doctor's count.
         done = self.optimizer_steps_done if self.optimizer_known else doctor.steps_completed
         if done != self.last_reported_step:
+            if done > max(0, self.last_reported_step):
+                self.step_marks.append(time.monotonic())
             self.last_reported_step = done
             self.emit("step", step=done, total=self.steps)
         if done >= self.steps:
@@ -432,6 +442,7 @@ class _Session:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.model = model
+        self.first_forward_at = time.monotonic()
         from ._compile import is_compiled
 
         self.compiled = is_compiled(model)
@@ -471,6 +482,34 @@ class _Session:
         self.stack.callback(h.remove)
         n_params = sum(p.numel() for p in model.parameters())
         self.emit("model", name=type(model).__name__, parameters=n_params)
+
+    # The caller's timeout (None: not given; then the experiments' budget is derived
+    # from the measured step time).
+    experiment_timeout: float | None = None
+
+    @property
+    def experiment_budget(self) -> float | None:
+        """Seconds for the experiments: the caller's timeout (0: no limit), else derived
+        from the script's measured step time (nndoctor._experiment_budget)."""
+        from ._experiment_budget import derived_budget
+
+        if self.experiment_timeout is not None:
+            return float(self.experiment_timeout) if self.experiment_timeout > 0 else None
+        return derived_budget(self.step_seconds)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """The script's own wall time for one training step (the Doctor watching): the
+        median interval between watched steps after the first (whose time holds a cold
+        compile, lazy initialisation, the first batch's loading); the first step's time
+        when it is the only one; None before any step."""
+        marks = self.step_marks
+        if len(marks) >= 2:
+            gaps = sorted(b - a for a, b in zip(marks, marks[1:]))
+            return max(0.0, gaps[len(gaps) // 2])
+        if marks and self.first_forward_at is not None:
+            return max(0.0, marks[0] - self.first_forward_at)
+        return None
 
     @staticmethod
     def _optimizer_exists(model: nn.Module) -> bool:

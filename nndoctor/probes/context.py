@@ -222,6 +222,9 @@ class ProbeContext:
     # the experiments' budget, but not without bound (an LBFGS step of a slow model can
     # take seconds; a hundred of them, minutes). None: no limit.
     deadline: float | None = None
+    # Optimizer steps taken on copies so far (every probe's): with the time they took,
+    # the measured cost of a probe step that sizes the probes still to run.
+    train_steps: int = 0
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -381,6 +384,7 @@ def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimiz
     closure that re-evaluates the loss on the same batch: one call is one optimizer step
     (LBFGS may evaluate the closure several times inside it)."""
     ctx.check_deadline()
+    ctx.train_steps += 1
     if not needs_closure(opt):
         opt.step()
         return
