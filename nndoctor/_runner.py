@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 from ._checkset import CheckSet
 from ._doctor import NNDoctorUsageError
+from ._runner_legacy import loss_from_graph  # noqa: F401 - re-exported
 from ._runner_plan import (  # noqa: F401 - re-exported: the runner's public and tested names
     _find_loss_input,
     _OutputAdapter,
@@ -51,20 +52,21 @@ from ._runner_plan import (  # noqa: F401 - re-exported: the runner's public and
     _state_for,
     _wanted_experiments,
     infer_sgd_lr,
-    loss_from_graph,
 )
 from ._runner_session import (  # noqa: F401 - re-exported
     _PACKAGE_DIR,
     DEFAULT_SCRIPT_TIMEOUT_S,
+    _Session,
+)
+from ._runner_types import (  # noqa: F401 - re-exported
     Outcome,
     ScriptError,
     ScriptNotFound,
     ScriptRun,
     ScriptSyntaxError,
     Seen,
-    _Session,
-    _StopScript,
     _display_path,
+    _StopScript,
 )
 
 __all__ = [
