@@ -269,8 +269,10 @@ def _confirm(
 
 def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeContext, dict[str, Any]], Record]]]:
     """(key, probe) for each selected experiment, in the order the time budget serves them:
-    the ones that most change the diagnosis first (overfit, then the LR sweep and range
-    test); the loss at init (one forward) before them. Each probe gets the options
+    the ones that most change the diagnosis first, the LR sweep (sized to leave room
+    for the overfit, whose failing run on a slow model would otherwise take the whole
+    budget and leave a too-high LR undiagnosed), then the overfit, the range test,
+    random inputs, the gradient check; the loss at init (one forward) before them all. Each probe gets the options
     (``DEFAULT_OPTIONS``, its step count possibly cut by the budget) and the thresholds of
     its check that bound the measurement (the overfit step budget and target, the
     gradient tolerances)."""
@@ -278,6 +280,10 @@ def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeC
     probes: list[tuple[str, Probe]] = []
     if CHANCE_ID in checks:
         probes.append(("init", lambda ctx, o: init_loss.measure(ctx)))
+    if LrSweep.id in checks:
+        probes.append(("lr_sweep", lambda ctx, o: lr_sweep.measure_sweep(
+            ctx, n_samples=int(o["sweep_samples"]), steps=int(o["sweep_steps"]),
+        )))
     fit = checks.get(OverfitTinyBatch.id)
     if fit is not None:
         probes.append(("overfit", lambda ctx, o: overfit.measure(
@@ -285,9 +291,6 @@ def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeC
             loss_fraction=float(fit.loss_fraction), min_accuracy=float(fit.min_accuracy),
         )))
     if LrSweep.id in checks:
-        probes.append(("lr_sweep", lambda ctx, o: lr_sweep.measure_sweep(
-            ctx, n_samples=int(o["sweep_samples"]), steps=int(o["sweep_steps"]),
-        )))
         probes.append(("lr_range", lambda ctx, o: lr_sweep.measure_range(
             ctx, iters=int(o["range_iters"]), start_lr=float(o["range_start_lr"]),
             end_lr=float(o["range_end_lr"]), batch=int(o["range_batch"]),

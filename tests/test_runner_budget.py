@@ -111,14 +111,26 @@ def test_a_short_budget_shortens_the_lr_sweep_instead_of_dropping_it():
     assert len(report.experiments["lr_range"].lrs) > 30
 
 
-def test_lr_sweep_is_served_before_random_inputs_and_the_gradient_check():
+def test_lr_sweep_is_served_before_every_other_experiment():
     x, y = blobs()
     model = mlp()
     report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                         select="random-input-loss,gradient-check,lr-sweep", time_budget=0.0)
+                         select="random-input-loss,gradient-check,overfit-tiny-batch,lr-sweep", time_budget=0.0)
     skipped = {s["check"]: s["reason"] for s in report.checks_skipped}
     assert "lr-sweep" in report.checks_run and "lr-sweep" not in skipped
-    assert "time budget" in skipped["random-input-loss"] and "time budget" in skipped["gradient-check"]
+    for later in ("overfit-tiny-batch", "random-input-loss", "gradient-check"):
+        assert "time budget" in skipped[later], later
+
+
+def test_a_slow_model_gets_a_short_sweep_and_still_its_overfit():
+    # 1 s a step and 100 s: the sweep keeps room for a failing overfit (2 x 100 steps), so
+    # it runs its shortest; the overfit then starts within the budget.
+    x, y = blobs()
+    model = mlp()
+    report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                         select="overfit-tiny-batch,lr-sweep", time_budget=100.0, step_seconds=1.0)
+    assert report.experiments["lr_sweep"].steps == SIZINGS["lr_sweep"].minimum
+    assert {"lr-sweep", "overfit-tiny-batch"} <= set(report.checks_run)
 
 
 # --------------------------------------------------------------- the runner and the CLI
