@@ -154,3 +154,20 @@ def test_flush_denormal_setting_is_put_back(trained):
     assert float(tiny * 1.0) != 0.0  # off by default
     run_checkup(model, batch(), optimizer=opt, select=["overfit-tiny-batch"])
     assert float(tiny * 1.0) != 0.0
+
+
+def test_copy_of_a_module_compiled_in_place_runs_eagerly_and_computes_the_same():
+    """`model.compile()` keeps the compiled forward on the module; a deepcopy would carry
+    it, and Dynamo, which guards on the module object, would compile every copy afresh
+    on the experiments' budget. The copy runs the same forward eagerly."""
+    from nndoctor.probes.isolation import copy_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    model.compile(backend="eager")
+    x = torch.randn(5, 4)
+    expected = model(x)  # compiled on this first call
+    clone = copy_model(model)
+    assert getattr(clone, "_compiled_call_impl", None) is None
+    assert model._compiled_call_impl is not None  # the user's module is untouched
+    torch.testing.assert_close(clone(x), expected)
