@@ -4,6 +4,7 @@ the one training loop the probes share (:func:`train_curve`)."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -371,8 +372,15 @@ def train_curve(
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
     """True for optimizers whose ``step`` requires a closure (LBFGS): its ``closure``
     parameter has no default."""
+    return _step_needs_closure(type(opt))
+
+
+@functools.lru_cache(maxsize=64)
+def _step_needs_closure(kind: type) -> bool:
+    # Once per optimizer class: inspect.signature on every probe step cost more than a
+    # small model's step.
     try:
-        param = inspect.signature(type(opt).step).parameters.get("closure")
+        param = inspect.signature(kind.step).parameters.get("closure")
     except (TypeError, ValueError):
         return False
     return param is not None and param.default is inspect.Parameter.empty
