@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import random
 import time
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -238,10 +240,15 @@ class ProbeContext:
         probe = copy_model(self.model)
         inputs, _ = self.take(0, min(2, self.batch_size))
         training = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in probe.modules()]
+        py_state, np_state = random.getstate(), np.random.get_state()
         try:
             probe.eval()
+            # Both calls draw the same numbers from every RNG: a forward may use Python's
+            # or numpy's (jcjohnson's DynamicNet picks its depth with random.randint).
             with torch.random.fork_rng(devices=[]), torch.enable_grad():
                 torch.manual_seed(self.seed)
+                random.seed(self.seed)
+                np.random.seed(self.seed)
                 out = call(probe, inputs)
             leaked = leaked_parameters(self.model, out)
             if leaked:
@@ -253,6 +260,8 @@ class ProbeContext:
                 self.model.eval()
                 with torch.random.fork_rng(devices=[]), torch.no_grad():
                     torch.manual_seed(self.seed)
+                    random.seed(self.seed)
+                    np.random.seed(self.seed)
                     ref = call(self.model, inputs)
                 mine, theirs = float_outputs(out), float_outputs(ref)
                 same = len(mine) == len(theirs) and all(
@@ -267,6 +276,8 @@ class ProbeContext:
         except Exception:
             return ""  # the probes themselves will meet (and report) the same failure
         finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
             for m, flag in training:
                 m.training = flag
         return ""
