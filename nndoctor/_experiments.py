@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ._checkset import CheckSet, internal_error, judge
+from ._experiment_budget import BudgetPlanner
 from ._observations import Observations
 from ._probe_records import ProbeSkipped, Record
 from ._report import Finding, Report
@@ -77,8 +78,17 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "interventions": 2,
     # Seconds for all the probes together; checked between probes (a probe is never cut
     # short). The probes not started in time are skipped with the reason. None: no limit.
+    # Within it the LR sweep, range test and random-input test get fewer steps when the
+    # budget cannot afford their full length (nndoctor._experiment_budget).
     "time_budget": None,
+    # Seconds one training step of this model takes (the CLI runner passes the script's
+    # own, timed while watching): the first guess of a probe step's cost, before the
+    # probes have measured their own. None: unknown.
+    "step_seconds": None,
 }
+
+
+_MIN_HARD_STOP_S = 30.0
 
 
 # ======================================================================================
@@ -152,22 +162,32 @@ def run_checkup(
         ctx = ProbeContext(model, batch, optimizer, loss_fn, seed=int(opts["seed"]))
         started = time.monotonic()
         budget = opts.get("time_budget")
-        if budget is not None:  # a running probe may overrun the budget, by as much again at most
-            ctx.deadline = started + 2 * float(budget)
-        for key, probe in _probes(checks, opts):
-            if budget is not None and time.monotonic() - started > budget:
+        planner = BudgetPlanner(None if budget is None else float(budget), started, opts.get("step_seconds"))
+        if budget is not None:
+            # A running probe may overrun the budget by as much again at most (30 s at least:
+            # the first experiment always runs, even on a budget of 0).
+            ctx.deadline = started + max(2 * float(budget), _MIN_HARD_STOP_S)
+        probes = _probes(checks)
+        served = False  # the first experiment that trains (the one that matters most) always runs
+        for i, (key, probe) in enumerate(probes):
+            now = time.monotonic()
+            if budget is not None and served and now - started > budget:
                 obs.experiments[key] = ProbeSkipped(
                     f"the experiments' time budget ({budget:g} s) ran out before this one "
                     f"started; raise it (nndoctor check --timeout, or time_budget=...)"
                 )
                 continue
+            served = served or key != "init"
+            sized = planner.size(key, opts, [k for k, _ in probes[i + 1:]], now)
             torch.manual_seed(ctx.seed)
+            steps_before = ctx.train_steps
             try:
-                obs.experiments[key] = probe(ctx)
+                obs.experiments[key] = probe(ctx, sized)
             except ProbeSkip as skip:
                 obs.experiments[key] = ProbeSkipped(skip.reason)
             except Exception as exc:  # a probe must never take the checkup down (strict mode: raise)
                 obs.experiments[key] = ProbeSkipped(internal_error(f"the {key} experiment", exc))
+            planner.record(ctx.train_steps - steps_before, time.monotonic() - now)
 
     report = Report(
         model={
@@ -182,6 +202,7 @@ def run_checkup(
     report.checks_run.extend(verdict.run)
     report.checks_skipped.extend(verdict.skipped)
     report.notes.extend(verdict.notes)
+    report.notes.extend(planner.notes())
     report.sort()
     if int(opts["interventions"]) > 0 and OverfitTinyBatch.id in checks:
         _confirm(report, ctx, checks[OverfitTinyBatch.id], obs, opts, prior_findings, model,
@@ -253,34 +274,39 @@ def _confirm(
         report.diagnosis = target
 
 
-def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple[str, Callable[[ProbeContext], Record]]]:
-    """(key, probe) for each selected experiment, in the order the time budget serves them
-    (the ones that most change the diagnosis first: overfit, then the LR sweep), with the
-    plain settings each probe gets:
-    the check's thresholds that bound the measurement (the overfit step budget and target,
-    the gradient tolerances) and the probe knobs of ``DEFAULT_OPTIONS``."""
-    probes: list[tuple[str, Callable[[ProbeContext], Record]]] = []
+def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeContext, dict[str, Any]], Record]]]:
+    """(key, probe) for each selected experiment, in the order the time budget serves them:
+    the ones that most change the diagnosis first, the LR sweep (sized to leave room
+    for the overfit, whose failing run on a slow model would otherwise take the whole
+    budget and leave a too-high LR undiagnosed), then the overfit, the range test,
+    random inputs, the gradient check; the loss at init (one forward) before them all. Each probe gets the options
+    (``DEFAULT_OPTIONS``, its step count possibly cut by the budget) and the thresholds of
+    its check that bound the measurement (the overfit step budget and target, the
+    gradient tolerances)."""
+    Probe = Callable[[ProbeContext, dict[str, Any]], Record]
+    probes: list[tuple[str, Probe]] = []
     if CHANCE_ID in checks:
-        probes.append(("init", init_loss.measure))
+        probes.append(("init", lambda ctx, o: init_loss.measure(ctx)))
+    if LrSweep.id in checks:
+        probes.append(("lr_sweep", lambda ctx, o: lr_sweep.measure_sweep(
+            ctx, n_samples=int(o["sweep_samples"]), steps=int(o["sweep_steps"]),
+        )))
     fit = checks.get(OverfitTinyBatch.id)
     if fit is not None:
-        probes.append(("overfit", lambda ctx: overfit.measure(
-            ctx, n_samples=int(opts["overfit_samples"]), max_steps=int(fit.max_steps),
+        probes.append(("overfit", lambda ctx, o: overfit.measure(
+            ctx, n_samples=int(o["overfit_samples"]), max_steps=int(fit.max_steps),
             loss_fraction=float(fit.loss_fraction), min_accuracy=float(fit.min_accuracy),
         )))
     if LrSweep.id in checks:
-        probes.append(("lr_sweep", lambda ctx: lr_sweep.measure_sweep(
-            ctx, n_samples=int(opts["sweep_samples"]), steps=int(opts["sweep_steps"]),
-        )))
-        probes.append(("lr_range", lambda ctx: lr_sweep.measure_range(
-            ctx, iters=int(opts["range_iters"]), start_lr=float(opts["range_start_lr"]),
-            end_lr=float(opts["range_end_lr"]), batch=int(opts["range_batch"]),
-            smoothing=float(opts["range_smoothing"]), stop_factor=float(opts["range_stop_factor"]),
+        probes.append(("lr_range", lambda ctx, o: lr_sweep.measure_range(
+            ctx, iters=int(o["range_iters"]), start_lr=float(o["range_start_lr"]),
+            end_lr=float(o["range_end_lr"]), batch=int(o["range_batch"]),
+            smoothing=float(o["range_smoothing"]), stop_factor=float(o["range_stop_factor"]),
         )))
     if RandomInputLoss.id in checks:
-        probes.append(("random_input", lambda ctx: random_input.measure(
-            ctx, n_samples=int(opts["random_input_samples"]), steps=int(opts["random_input_steps"]),
-            eval_every=int(opts["random_input_eval_every"]),
+        probes.append(("random_input", lambda ctx, o: random_input.measure(
+            ctx, n_samples=int(o["random_input_samples"]), steps=int(o["random_input_steps"]),
+            eval_every=int(o["random_input_eval_every"]),
         )))
         probes.append(("pairing", lambda ctx: pairing.measure(
             ctx, pairing.watched_pairs(opts.get("pairs"), ctx), max_samples=int(opts["pairing_samples"]),
@@ -288,10 +314,10 @@ def _probes(checks: dict[str, Check | None], opts: dict[str, Any]) -> list[tuple
         )))
     grad = checks.get(GradientCheck.id)
     if grad is not None:
-        probes.append(("gradcheck", lambda ctx: gradcheck.measure(
-            ctx, batch=int(opts["gradcheck_batch"]), directions=int(opts["gradcheck_directions"]),
-            eps=float(opts["gradcheck_eps"]), full_max_elements=int(opts["gradcheck_full_max_elements"]),
-            max_tensors=int(opts["gradcheck_max_tensors"]), atol=float(grad.gradcheck_atol),
+        probes.append(("gradcheck", lambda ctx, o: gradcheck.measure(
+            ctx, batch=int(o["gradcheck_batch"]), directions=int(o["gradcheck_directions"]),
+            eps=float(o["gradcheck_eps"]), full_max_elements=int(o["gradcheck_full_max_elements"]),
+            max_tensors=int(o["gradcheck_max_tensors"]), atol=float(grad.gradcheck_atol),
             rtol=float(grad.gradcheck_rtol), localize_above=float(grad.max_relative_error),
         )))
     return probes

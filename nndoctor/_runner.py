@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 
 from ._checkset import CheckSet
 from ._doctor import NNDoctorUsageError
+from ._runner_legacy import loss_from_graph  # noqa: F401 - re-exported
 from ._runner_plan import (  # noqa: F401 - re-exported: the runner's public and tested names
     _find_loss_input,
     _OutputAdapter,
@@ -51,19 +52,21 @@ from ._runner_plan import (  # noqa: F401 - re-exported: the runner's public and
     _state_for,
     _wanted_experiments,
     infer_sgd_lr,
-    loss_from_graph,
 )
 from ._runner_session import (  # noqa: F401 - re-exported
     _PACKAGE_DIR,
+    DEFAULT_SCRIPT_TIMEOUT_S,
+    _Session,
+)
+from ._runner_types import (  # noqa: F401 - re-exported
     Outcome,
     ScriptError,
     ScriptNotFound,
     ScriptRun,
     ScriptSyntaxError,
     Seen,
-    _Session,
-    _StopScript,
     _display_path,
+    _StopScript,
 )
 
 __all__ = [
@@ -160,7 +163,7 @@ def run_script(
     args: Sequence[str] = (),
     *,
     steps: int = 30,
-    timeout: float = 120.0,
+    timeout: float | None = None,
     select: "str | Sequence[str] | None" = None,
     ignore: "str | Sequence[str] | None" = None,
     thresholds: dict[str, dict[str, float]] | None = None,
@@ -182,10 +185,16 @@ def run_script(
     ``checks``: the resolved check set (the CLI's: config, then options); else one is
     resolved from ``select``/``ignore``/``thresholds``. Every watched step gets the
     per-layer statistics unless ``sample_every``/``dense_steps`` are given (the Doctor's
-    defaults stand in for the one not given)."""
+    defaults stand in for the one not given).
+
+    ``timeout``: seconds for the script to produce the steps, and again for the
+    experiments (0: no limit). None (the default): 120 s for the script, and for the
+    experiments a budget derived from the measured time of one of its training steps
+    (:func:`nndoctor._experiment_budget.derived_budget`), so a big model's experiments
+    are not starved and a small one's do not wait."""
     if steps < 1:
         raise NNDoctorUsageError(f"--steps must be at least 1 (got {steps}).")
-    if timeout < 0:
+    if timeout is not None and timeout < 0:
         raise NNDoctorUsageError(f"--timeout must be positive (got {timeout}).")
     if checks is None:  # unknown ids or threshold names: fail now
         checks = CheckSet.resolve(select, ignore, thresholds)
@@ -196,12 +205,13 @@ def run_script(
     path = prepare_script(script)
     display = str(script)
     session = _Session(
-        path, display, steps=steps, timeout=timeout,
+        path, display, steps=steps, timeout=DEFAULT_SCRIPT_TIMEOUT_S if timeout is None else timeout,
         doctor_kwargs={"checks": checks, "sample_every": 20 if sample_every is None else sample_every,
                        "dense_steps": 4 if dense_steps is None else dense_steps},
         on_event=on_event,
     )
     session._args = [str(a) for a in args]
+    session.experiment_timeout = timeout
 
     outcome = Outcome.FINISHED
     error: ScriptError | None = None
@@ -241,7 +251,7 @@ def run_script(
         seconds=seconds, seen=session.seen, error=error, exit_code=exit_code,
         model=type(session.model).__name__ if session.model is not None else None,
         optimizer=type(optimizer).__name__ if optimizer is not None else None,
-        notes=session.notes,
+        notes=session.notes, step_seconds=session.step_seconds,
     )
     if doctor is None:
         return run
@@ -270,6 +280,7 @@ def run_script(
             run.experiments = "interrupted"
             report = _skip(report, wanted_experiments, "interrupted (Ctrl-C) during the experiments")
         run.experiment_seconds = time.monotonic() - t0
+        run.experiment_budget = session.experiment_budget
         session.emit("experiments-done", seconds=run.experiment_seconds)
     report.script = display
     run.report = report

@@ -1,13 +1,12 @@
 """The runner's session: every hook and every piece of process state it changes while
-the script runs (see :mod:`nndoctor._runner` for how a script is run), the types that
-describe a run, and what it records for the replay of the script's step
-(:mod:`nndoctor._replay`)."""
+the script runs (see :mod:`nndoctor._runner` for how a script is run), and what it
+records for the replay of the script's step (:mod:`nndoctor._replay`) and for the
+experiments' budget (the time of its steps). The types that describe a run are in
+:mod:`nndoctor._runner_types`."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import gc
 import io
 import math
@@ -23,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ._doctor import Doctor, NNDoctorUsageError
+from ._doctor import Doctor
 from ._replay import (
     BackwardLink,
     LossRecorder,
@@ -32,7 +31,7 @@ from ._replay import (
     link_backward,
     scalar_outputs,
 )
-from ._report import Report
+from ._runner_types import Outcome, Seen, _clone_tree, _numpy_state, _StopScript
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # After the cooperative deadline (checked in the hooks) the alarm gives the script this
@@ -40,129 +39,10 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _ALARM_GRACE_S = 2.0
 # The step-0 loss rebuilt from the loss graph must match the script's own within this.
 _LOSS_MATCH_RTOL = 1e-3
+# The script's wall-clock budget when the caller gives none (``run_script(timeout=None)``).
+DEFAULT_SCRIPT_TIMEOUT_S = 120.0
 # Extra seconds a compiled model's first step may take (its cold compile) beyond --timeout.
 _COMPILE_ALLOWANCE_S = 300.0
-
-
-class ScriptNotFound(NNDoctorUsageError):
-    """The script path does not name a readable Python file."""
-
-
-class ScriptSyntaxError(NNDoctorUsageError):
-    """The script does not compile; ``lineno``/``text`` say where."""
-
-    def __init__(self, message: str, *, filename: str, lineno: int | None, offset: int | None,
-                 text: str | None) -> None:
-        super().__init__(message)
-        self.filename, self.lineno, self.offset, self.text = filename, lineno, offset, text
-
-
-class Outcome(str, enum.Enum):
-    """How the script's run ended."""
-
-    STEPS_REACHED = "steps-reached"  # we stopped it after the requested steps
-    FINISHED = "finished"            # it ran to its end by itself
-    EXITED = "exited"                # it called sys.exit()
-    TIMEOUT = "timeout"              # the wall-clock budget ran out
-    RAISED = "raised"                # it raised an exception
-    INTERRUPTED = "interrupted"      # KeyboardInterrupt
-
-
-class _StopScript(BaseException):
-    """Raised from our hooks to end the script; a BaseException so that the user's
-    ``except Exception`` blocks let it through."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.value)
-        self.outcome = outcome
-
-
-@dataclasses.dataclass
-class ScriptError:
-    """An exception the script raised, located in the user's code."""
-
-    type: str
-    message: str
-    file: str | None
-    line: int | None
-    function: str | None
-    source_line: str | None
-    traceback: str  # the user's part of the traceback (nndoctor and runpy frames hidden)
-
-    @property
-    def location(self) -> str:
-        if self.file is None:
-            return "an unknown place"
-        return f"{_display_path(self.file)}:{self.line}"
-
-
-@dataclasses.dataclass
-class Seen:
-    """What the script did, for the message when no training was found."""
-
-    root_calls: int = 0               # module calls at depth 0
-    root_classes: list[str] = dataclasses.field(default_factory=list)
-    calls_without_grad: int = 0       # depth-0 calls with grad disabled
-    calls_frozen: int = 0             # depth-0 calls of modules with no trainable parameter
-    optimizer_steps: int = 0
-    optimizer_classes: list[str] = dataclasses.field(default_factory=list)
-    model_calls: int = 0
-    child_processes: int = 0          # processes the script started (mp.spawn, multiprocessing)
-
-    def describe(self) -> str:
-        if self.root_calls == 0:
-            return "no torch.nn.Module was ever called"
-        names = ", ".join(self.root_classes[:4]) + (", ..." if len(self.root_classes) > 4 else "")
-        parts = [f"{self.root_calls} module call(s) at top level ({names})"]
-        if self.calls_without_grad:
-            parts.append(f"{self.calls_without_grad} with gradients disabled (torch.no_grad / inference_mode)")
-        if self.calls_frozen:
-            parts.append(f"{self.calls_frozen} of modules with no parameter that requires grad")
-        return "; ".join(parts)
-
-
-@dataclasses.dataclass
-class ScriptRun:
-    """The outcome of :func:`run_script`."""
-
-    script: str
-    outcome: Outcome
-    report: Report | None              # None when no model was found
-    steps: int                         # training steps watched
-    steps_requested: int
-    seconds: float                     # the script's wall time under watch
-    seen: Seen
-    error: ScriptError | None = None
-    exit_code: Any = None              # the script's sys.exit() argument
-    model: str | None = None
-    optimizer: str | None = None
-    experiments: str = "not run"       # "ran", "skipped: <why>", "not run"
-    experiment_seconds: float = 0.0
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def trained(self) -> bool:
-        return self.report is not None and self.steps > 0
-
-
-def _clone_tree(obj: Any) -> Any:
-    from ._tree import map_tensors
-
-    return map_tensors(obj, lambda t: t.detach().clone())
-
-
-def _numpy_state() -> Any:
-    np = sys.modules.get("numpy")
-    return np.random.get_state() if np is not None else None
-
-
-def _display_path(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
-
 
 
 # --------------------------------------------------------------------------------------
@@ -215,6 +95,10 @@ class _Session:
         self.compiled = False
         self.compile_allowance: tuple[float, float] | None = None  # (extra s, budget left)
         self.alarm_armed = False
+        # When (time.monotonic()) the model's first forward began and each watched step
+        # ended: the script's own cost of one training step, which sizes the experiments.
+        self.first_forward_at: float | None = None
+        self.step_marks: list[float] = []
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -341,6 +225,8 @@ class _Session:
         # or an optimizer built later) the Doctor's count.
         done = self.optimizer_steps_done if self.optimizer_known else doctor.steps_completed
         if done != self.last_reported_step:
+            if done > max(0, self.last_reported_step):
+                self.step_marks.append(time.monotonic())
             self.last_reported_step = done
             self.emit("step", step=done, total=self.steps)
         if done >= self.steps:
@@ -432,6 +318,7 @@ class _Session:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self.model = model
+        self.first_forward_at = time.monotonic()
         from ._compile import is_compiled
 
         self.compiled = is_compiled(model)
@@ -471,6 +358,34 @@ class _Session:
         self.stack.callback(h.remove)
         n_params = sum(p.numel() for p in model.parameters())
         self.emit("model", name=type(model).__name__, parameters=n_params)
+
+    # The caller's timeout (None: not given; then the experiments' budget is derived
+    # from the measured step time).
+    experiment_timeout: float | None = None
+
+    @property
+    def experiment_budget(self) -> float | None:
+        """Seconds for the experiments: the caller's timeout (0: no limit), else derived
+        from the script's measured step time (nndoctor._experiment_budget)."""
+        from ._experiment_budget import derived_budget
+
+        if self.experiment_timeout is not None:
+            return float(self.experiment_timeout) if self.experiment_timeout > 0 else None
+        return derived_budget(self.step_seconds)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """The script's own wall time for one training step (the Doctor watching): the
+        median interval between watched steps after the first (whose time holds a cold
+        compile, lazy initialisation, the first batch's loading); the first step's time
+        when it is the only one; None before any step."""
+        marks = self.step_marks
+        if len(marks) >= 2:
+            gaps = sorted(b - a for a, b in zip(marks, marks[1:]))
+            return max(0.0, gaps[len(gaps) // 2])
+        if marks and self.first_forward_at is not None:
+            return max(0.0, marks[0] - self.first_forward_at)
+        return None
 
     @staticmethod
     def _optimizer_exists(model: nn.Module) -> bool:

@@ -130,9 +130,11 @@ def check(
                                                     "Other than text, stdout carries the report only."),
     exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the findings (still 2 when "
                                    "nndoctor could not run, 3 when the script raised)."),
-    timeout: float = typer.Option(120.0, "--timeout", min=0.0,
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.0, show_default=False,
                                   help="Wall-clock budget in seconds for the script to produce the steps, "
-                                       "and again for the experiments (0: none)."),
+                                       "and again for the experiments (0: none).  (default: 120 s for the "
+                                       "script; for the experiments, derived from the time of one of its "
+                                       "training steps)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show what happens, skipped checks' "
                                  "reasons and full tracebacks."),
 ) -> None:
@@ -148,6 +150,7 @@ def check(
     from ._runner import Outcome, run_script
 
     err = err_console()
+    script_timeout = 120.0 if timeout is None else timeout  # run_script's default for the script
     # [tool.nndoctor] first, then the options given on the command line (which win); the
     # check set is resolved once, here, and used by the watch, the checkup and the merge.
     try:
@@ -189,7 +192,7 @@ def check(
             json_without_report(json_path, script, f"the script raised {run.error.type} at "
                                  f"{run.error.location} {steps_text(run)}: {run.error.message}", run, ids)
             raise typer.Exit(int(exit_code(None, script_raised=True)))
-        message = no_training_message(run, timeout)
+        message = no_training_message(run, script_timeout)
         json_without_report(json_path, script, message, run, ids)
         raise fail(message, exit_code(None, could_not_run=True))
 
@@ -260,7 +263,7 @@ def check(
                     f"above covers the watched steps and the experiments that had finished.",
                     exit_code(report, fail_on_value, could_not_run=True))
     if run.outcome is Outcome.TIMEOUT:
-        err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {timeout:g} s with "
+        err.print(f"[yellow]nndoctor: stopped {escape(script)} at the --timeout of {script_timeout:g} s with "
                   f"{run.steps} of {steps} step(s) watched; the report covers those. Raise --timeout "
                   f"to watch more.[/]", soft_wrap=True)
     elif run.outcome in (Outcome.FINISHED, Outcome.EXITED) and run.steps < steps:

@@ -154,3 +154,49 @@ def test_flush_denormal_setting_is_put_back(trained):
     assert float(tiny * 1.0) != 0.0  # off by default
     run_checkup(model, batch(), optimizer=opt, select=["overfit-tiny-batch"])
     assert float(tiny * 1.0) != 0.0
+
+
+def test_copy_of_a_module_compiled_in_place_runs_eagerly_and_computes_the_same():
+    """`model.compile()` keeps the compiled forward on the module; a deepcopy would carry
+    it, and Dynamo, which guards on the module object, would compile every copy afresh
+    on the experiments' budget. The copy runs the same forward eagerly."""
+    from nndoctor.probes.isolation import copy_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    model.compile(backend="eager")
+    x = torch.randn(5, 4)
+    expected = model(x)  # compiled on this first call
+    clone = copy_model(model)
+    assert getattr(clone, "_compiled_call_impl", None) is None
+    assert model._compiled_call_impl is not None  # the user's module is untouched
+    torch.testing.assert_close(clone(x), expected)
+
+
+class RandomDepth(nn.Module):
+    """A forward that draws from Python's RNG (jcjohnson's DynamicNet: a random number of
+    reuses of the middle layer on every call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.inp(x).clamp(min=0)
+        for _ in range(random.randint(0, 3)):
+            h = self.mid(h).clamp(min=0)
+        return self.out(h)
+
+
+def test_a_forward_drawing_from_pythons_rng_is_still_recognised_as_its_copy():
+    torch.manual_seed(0)
+    model = RandomDepth()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    for seed in range(5):  # whatever the user's stream: the two calls must draw alike
+        random.seed(seed)
+        before = random.getstate()
+        report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                             loss_fn=nn.CrossEntropyLoss(), select="lr-sweep")
+        assert "lr-sweep" in report.checks_run, (seed, report.checks_skipped)
+        assert random.getstate() == before  # the user's Python RNG stream is untouched

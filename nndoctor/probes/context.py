@@ -4,11 +4,14 @@ the one training loop the probes share (:func:`train_curve`)."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import random
 import time
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -223,6 +226,9 @@ class ProbeContext:
     # the experiments' budget, but not without bound (an LBFGS step of a slow model can
     # take seconds; a hundred of them, minutes). None: no limit.
     deadline: float | None = None
+    # Optimizer steps taken on copies so far (every probe's): with the time they took,
+    # the measured cost of a probe step that sizes the probes still to run.
+    train_steps: int = 0
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -236,8 +242,11 @@ class ProbeContext:
         inputs, _ = self.take(0, min(2, self.batch_size))
         draws = SameDraws(self.seed)  # Python/numpy draws in forward (a random depth) alike too
         training = [(m, m.training) for m in self.model.modules()] + [(m, m.training) for m in probe.modules()]
+        py_state, np_state = random.getstate(), np.random.get_state()
         try:
             probe.eval()
+            # Both calls draw the same numbers from every RNG: a forward may use Python's
+            # or numpy's (jcjohnson's DynamicNet picks its depth with random.randint).
             with torch.random.fork_rng(devices=[]), torch.enable_grad():
                 draws()
                 out = call(probe, inputs)
@@ -265,6 +274,8 @@ class ProbeContext:
         except Exception:
             return ""  # the probes themselves will meet (and report) the same failure
         finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
             for m, flag in training:
                 m.training = flag
         return ""
@@ -370,8 +381,15 @@ def train_curve(
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
     """True for optimizers whose ``step`` requires a closure (LBFGS): its ``closure``
     parameter has no default."""
+    return _step_needs_closure(type(opt))
+
+
+@functools.lru_cache(maxsize=64)
+def _step_needs_closure(kind: type) -> bool:
+    # Once per optimizer class: inspect.signature on every probe step cost more than a
+    # small model's step.
     try:
-        param = inspect.signature(type(opt).step).parameters.get("closure")
+        param = inspect.signature(kind.step).parameters.get("closure")
     except (TypeError, ValueError):
         return False
     return param is not None and param.default is inspect.Parameter.empty
@@ -383,6 +401,7 @@ def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimiz
     closure that re-evaluates the loss on the same batch: one call is one optimizer step
     (LBFGS may evaluate the closure several times inside it)."""
     ctx.check_deadline()
+    ctx.train_steps += 1
     if not needs_closure(opt):
         opt.step()
         return

@@ -206,7 +206,8 @@ def copy_model(model: nn.Module, *, dropout_off: bool = False) -> nn.Module:
 
     The copy owns its memory (checked: no parameter or buffer storage shared with the
     original, else :class:`ProbeSkip`) and its functions (closures over the original's
-    modules re-bound to the copy's, :func:`rebind_closures`)."""
+    modules re-bound to the copy's, :func:`rebind_closures`), and runs eagerly (a module
+    compiled in place is not compiled again for each copy)."""
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:
@@ -219,6 +220,13 @@ def copy_model(model: nn.Module, *, dropout_off: bool = False) -> nn.Module:
             f"experiment is not run")
     rebind_closures(model, clone)
     strip_our_hooks(clone)
+    # A module compiled in place (`model.compile()`) keeps its compiled forward in
+    # `_compiled_call_impl`, which a deepcopy carries along: Dynamo guards on the module
+    # object, so every copy would compile afresh (tens of seconds each, on the
+    # experiments' budget). The copies run eagerly: same function, no compile.
+    for m in clone.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
     for p in clone.parameters():
         p.grad = None
     if dropout_off:
