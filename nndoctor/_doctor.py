@@ -310,6 +310,9 @@ class Doctor:
         # The pairing experiment holds out the samples of the batches the watch saw.
         if "pairs" not in options and self._recorder is None:
             options["pairs"] = self.captured_batch.get("pairs")
+        # The LRs the watch saw: a warm-up is judged at the LR the script warms up to.
+        if "lr_history" not in options and self._observations is not None and self._recorder is None:
+            options["lr_history"] = [s.lr for s in self._observations.steps if s.lr is not None]
         return run_checkup(
             model if model is not None else self.model, batch,
             optimizer=optimizer if optimizer is not None else self.optimizer,

@@ -85,6 +85,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # own, timed while watching): the first guess of a probe step's cost, before the
     # probes have measured their own. None: unknown.
     "step_seconds": None,
+    # The learning rates the watch saw, step by step (``Doctor.checkup`` passes them): a
+    # rising run is a warm-up, and the overfit probe then trains at the base LR. None: unknown.
+    "lr_history": None,
 }
 
 
@@ -160,6 +163,7 @@ def run_checkup(
     # enable_grad: a checkup called under `torch.no_grad()` must still train its copies.
     with isolated(model), torch.enable_grad():
         ctx = ProbeContext(model, batch, optimizer, loss_fn, seed=int(opts["seed"]))
+        ctx.lr_history = list(opts.get("lr_history") or [])
         started = time.monotonic()
         budget = opts.get("time_budget")
         planner = BudgetPlanner(None if budget is None else float(budget), started, opts.get("step_seconds"))

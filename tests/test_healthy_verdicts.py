@@ -393,3 +393,26 @@ def test_polynomial_regression_on_raw_features_is_not_a_warning():
             opt.step()
     findings = doctor.report().by_check("update-ratio")
     assert all(f.severity is Severity.INFO for f in findings), [f.message for f in findings]
+
+
+def test_the_doctor_passes_the_watched_lrs_so_a_warmup_is_seen_end_to_end():
+    """A watch over a hand-set warm-up (nanoGPT's get_lr) hands the LRs it saw to the
+    checkup: the overfit record notes the warm-up; without the history it would not."""
+    from nndoctor import Doctor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    doctor = Doctor(model, optimizer=opt, loss_fn=nn.CrossEntropyLoss())
+    with doctor.watch():
+        for it in range(6):
+            opt.param_groups[0]["lr"] = 1e-3 * (it + 1) / 100  # warm-up, rising every step
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    report = doctor.checkup((x, y), select=["overfit-tiny-batch"])
+    record = report.observations.experiments["overfit"]
+    assert record.warmup and "rising" in record.lr_note
+    report = doctor.checkup((x, y), select=["overfit-tiny-batch"], lr_history=[])
+    assert not report.observations.experiments["overfit"].warmup
