@@ -312,9 +312,9 @@ def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeC
             ctx, n_samples=int(o["random_input_samples"]), steps=int(o["random_input_steps"]),
             eval_every=int(o["random_input_eval_every"]),
         )))
-        probes.append(("pairing", lambda ctx: pairing.measure(
-            ctx, pairing.watched_pairs(opts.get("pairs"), ctx), max_samples=int(opts["pairing_samples"]),
-            steps=int(opts["pairing_steps"]),
+        probes.append(("pairing", lambda ctx, o: pairing.measure(
+            ctx, pairing.watched_pairs(o.get("pairs"), ctx), max_samples=int(o["pairing_samples"]),
+            steps=int(o["pairing_steps"]),
         )))
     grad = checks.get(GradientCheck.id)
     if grad is not None:

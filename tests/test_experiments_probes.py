@@ -63,7 +63,8 @@ def test_no_probe_imports_a_check_or_a_reporter_or_writes_files(module):
         assert writer not in source, f"{module} writes files ({writer})"
 
 
-@pytest.mark.parametrize("path", ["_probe_records.py", "checks/experiments.py", "checks/lr_sweep.py",
+@pytest.mark.parametrize("path", ["_probe_records.py", "checks/experiments.py", "checks/overfit.py", "checks/pairing.py",
+                                  "checks/lr_sweep.py",
                                   "checks/gradient_check.py", "checks/_experiment_common.py", "checks/loss.py"])
 def test_records_and_checks_are_pure_python(path):
     imported = _imports(Path(nndoctor.__file__).parent / path)

@@ -12,7 +12,8 @@ from ._base import Check
 from .activations import ActivationStd, DeadRelu, SaturatedActivation
 from .data import InputNormalization, LabelDistribution, RepeatedBatch
 from .distributed import DdpParameterDivergence, DdpSameBatchEveryRank, DdpSetEpochMissing, DdpUnusedParameters
-from .experiments import OverfitTinyBatch, RandomInputLoss
+from .experiments import RandomInputLoss
+from .overfit import OverfitTinyBatch
 from .gradient_check import GradientCheck
 from .lr_sweep import LrSweep
 from .gradients import ExplodingGradient, GradNotZeroed, NanTrace, VanishingGradient
@@ -49,7 +50,7 @@ REGISTRY: dict[str, type[Check]] = {
         LossInputFormat,
         LossNotDecreasing,
         PredictionCollapse,
-        # experiments (nndoctor/checks/experiments.py, lr_sweep.py, gradient_check.py) are added below this line
+        # experiments (nndoctor/checks/overfit.py, experiments.py, lr_sweep.py, gradient_check.py) are added below this line
         OverfitTinyBatch,
         RandomInputLoss,
         LrSweep,
