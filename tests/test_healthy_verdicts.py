@@ -416,3 +416,17 @@ def test_the_doctor_passes_the_watched_lrs_so_a_warmup_is_seen_end_to_end():
     assert record.warmup and "rising" in record.lr_note
     report = doctor.checkup((x, y), select=["overfit-tiny-batch"], lr_history=[])
     assert not report.observations.experiments["overfit"].warmup
+
+
+def test_a_nearly_fitted_run_with_a_fitting_retry_is_info_and_a_half_way_one_a_warning():
+    """minGPT's adder: AdamW(5e-4) covers ~97% of the way to the target in 100 steps and is
+    still falling while Adam(1e-3) fits: a few more steps, not a fault. A run that stops
+    half-way (parameters missing from the optimizer) keeps its warning."""
+    nearly = steady(2.32, 0.30)  # target 0.232: 97% of the way, still falling
+    fits = levels_off(2.32, 0.05, by=60)
+    (f,) = _judge(_record(nearly, fits))
+    assert f.severity is Severity.INFO and f.evidence["verdict"] == "nearly_fitted"
+    assert f.evidence["progress_to_target"] > 0.9
+    half = steady(2.32, 1.2)  # about half the way
+    (g,) = _judge(_record(half, fits))
+    assert g.severity is Severity.WARNING and g.evidence["verdict"] == "optimizer_settings"

@@ -69,6 +69,8 @@ class OverfitTinyBatch(Check):
     - Very deep models with a plain SGD at a small LR can need more than `max_steps`;
       the message then says that Adam fits it. A run still falling steadily when the
       steps run out is an info, not a warning: slow is not broken.
+    - A run with your optimizer that covered at least `near_fit_progress` (90%) of the way
+      and was still falling, while the stand-in optimizer fits: an info (a few more steps).
     - Models that cannot memorise a batch by design: a bigram language model's logits
       depend on the current token only, so its floor on a batch is the conditional
       entropy of the next token given the current one, not 0. Its curve falls, then
@@ -148,6 +150,15 @@ class OverfitTinyBatch(Check):
             "warning; one that stalled before it, an error",
             "fraction of the way to the floor",
         ),
+        Threshold(
+            "near_fit_progress",
+            0.9,
+            "when the stand-in optimizer fits the batch, your own run that was still falling "
+            "after covering at least this share of the way to the target only needed a few more "
+            "steps (minGPT's AdamW at 5e-4 covers 97% in 100 steps): an info; the slow runs of "
+            "parameters missing from the optimizer stay well below it and stay a warning",
+            "fraction of the way to the target",
+        ),
     )
     citations = (CHECKLIST, KARPATHY, CS231N, DEEPCHECKER)
 
@@ -217,6 +228,21 @@ class OverfitTinyBatch(Check):
                 blew_up = not _finite(user.get("losses") or []) or (
                     math.isfinite(final) and math.isfinite(start) and final > start)
                 evidence["diverged"] = blew_up
+                # the share of the way to the target (the floor plus loss_fraction of the span)
+                to_target = shape[0] / (1 - self.loss_fraction) if shape[0] is not None and self.loss_fraction < 1 else None
+                evidence["progress_to_target"] = to_target
+                nearly = learning and to_target is not None and to_target >= self.near_fit_progress
+                if nearly and not blew_up:
+                    # Yours nearly got there and was still falling: more steps, not a fault.
+                    yield self.finding(
+                        head + lr_words
+                        + f" It covered {to_target:.0%} of the way to the target and was still falling, and "
+                        f"{retry.get('optimizer')} fits the same samples in {at} steps: the model, loss and "
+                        "labels learn; with your settings it only needs a few more steps.",
+                        severity=Severity.INFO, verdict="nearly_fitted", **evidence,
+                        fix="Nothing is broken. If training is slow overall, see the `lr-sweep` finding.",
+                    )
+                    return
                 if (data.get("warmup") or (learning and data.get("lr_lowered"))) and not blew_up:
                     # Your optimizer learns too, steadily, only more slowly, at an LR the
                     # script has lowered for now (a warm-up): a schedule, not a fault. (A
