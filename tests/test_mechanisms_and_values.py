@@ -164,3 +164,45 @@ def test_a_schedule_annealing_to_zero_at_the_end_is_not_reported():
         rec.lr = 0.0 if rec.step == len(obs.steps) - 1 else 0.1
         rec.update_norms = {n: (0.01 if rec.lr else 0.0) for n in obs.params}
     assert "lr_decayed_to_zero" not in mechanisms(obs)
+
+
+class _PosTableLM(nn.Module):
+    """A tiny transformer-style LM: trainable token embedding, a fixed sinusoidal position
+    table (``Embedding.from_pretrained(freeze=True)``, as nlp-tutorial's Transformer), then
+    trainable layers. ``freeze_middle``: the fault twin, a hidden Linear frozen by mistake."""
+
+    def __init__(self, freeze_middle: bool = False) -> None:
+        super().__init__()
+        pos = torch.arange(8).float()[:, None] / (10000 ** (torch.arange(16).float()[None] / 16))
+        self.tok = nn.Embedding(20, 16)
+        self.pos = nn.Embedding.from_pretrained(torch.sin(pos), freeze=True)
+        self.mid = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 20)
+        if freeze_middle:
+            self.mid.requires_grad_(False)
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        return self.head(torch.relu(self.mid(h)))
+
+
+@pytest.mark.parametrize("freeze_middle", [False, True])
+def test_a_frozen_position_table_is_info_and_a_frozen_middle_layer_still_warns(freeze_middle):
+    torch.manual_seed(0)
+    model = _PosTableLM(freeze_middle)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x, y = torch.randint(0, 20, (16, 8)), torch.randint(0, 20, (16, 8))
+    doctor = Doctor(model, optimizer=opt, select=["frozen-layer"])
+    with doctor.watch():
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(model(x).reshape(-1, 20), y.reshape(-1)).backward()
+            opt.step()
+    found = [f for f in doctor.report().findings if f.check == "frozen-layer"]
+    severities = sorted(f.severity.name for f in found)
+    if freeze_middle:
+        assert "WARNING" in severities
+        warn = next(f for f in found if f.severity is Severity.WARNING)
+        assert warn.evidence["placement"] == "between" and warn.where == "mid"
+    else:
+        assert severities == ["INFO"] and "embedding table" in found[0].message

@@ -60,6 +60,9 @@ class FrozenLayer(Check):
     - Set `requires_grad=True` on layers you meant to fine-tune.
 
     ## Known false positives
+    - A frozen embedding table (`nn.Embedding.from_pretrained(..., freeze=True)`: fixed
+      sinusoidal positions, pretrained word vectors) stays `info` wherever it sits in the
+      forward pass: a lookup table feeding the layers, frozen by design.
     - A deliberately frozen backbone or a linear probe (a frozen prefix of the forward
       pass) is reported as `info` only; a layer frozen *between* trainable ones, or frozen
       parameters the optimizer holds after a trainable part, is a warning.
@@ -195,8 +198,13 @@ class FrozenLayer(Check):
             order = {m: i for i, m in enumerate(dict.fromkeys(params[n].module for n in params))}
         # modules partly frozen (a frozen weight, a trainable bias) do not count as trainable here
         t_pos = [order[m] for m in _modules_of(obs, trainable) if m in order and m not in mods]
-        between = [m for m in mods if m in order and t_pos and min(t_pos) < order[m] < max(t_pos)]
-        held = [n for n in frozen if params[n].in_optimizer]
+        # A frozen lookup table (nn.Embedding.from_pretrained(..., freeze=True): fixed
+        # sinusoidal positions, pretrained word vectors) is a deliberate design wherever it
+        # sits: it feeds the first layers, it is not one of them.
+        tables = {params[n].module for n in frozen if params[n].category == "embedding"}
+        between = [m for m in mods if m in order and t_pos and min(t_pos) < order[m] < max(t_pos)
+                   and m not in tables]
+        held = [n for n in frozen if params[n].in_optimizer and params[n].module not in tables]
         prefix = not t_pos or all(order.get(m, -1) < min(t_pos) for m in mods)
         held_after = bool(held) and not prefix
         n_params = sum(params[n].numel for n in frozen)
@@ -216,7 +224,9 @@ class FrozenLayer(Check):
             )
         return self.finding(
             f"{count(len(frozen), 'parameter tensor')} in {count(len(mods), 'module')} {_have(frozen)} requires_grad=False "
-            f"({listing(mods)}); fine if you froze them on purpose.",
+            f"({listing(mods)}); fine if you froze them on purpose"
+            + (" (a frozen embedding table, such as fixed sinusoidal positions or pretrained "
+               "vectors, is a common deliberate choice)." if tables and set(mods) <= tables else "."),
             severity=Severity.INFO, where=mods[0], modules=mods, kind="requires_grad_false",
             mechanism="requires_grad_false", placement="prefix" if prefix else "other",
             parameters=n_params,
