@@ -301,3 +301,27 @@ def test_cli_report_carries_the_confirmation(tmp_path):
     assert d["cause"] == "loss-input-format"
     assert d["confirmed"]["outcome"] == "confirmed" and "softmax" in d["confirmed"]["intervention"]
     assert "confirmed: with" in result.output
+
+
+def test_an_intervention_steps_a_closure_optimizer_with_a_closure():
+    """LBFGS needs ``step(closure)``: the intervention's fit replays the (replaced) loss in a
+    closure instead of failing on ``opt.step()``."""
+    from nndoctor.probes.context import ProbeContext
+    from nndoctor.probes.interventions import _fit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
+    ctx = ProbeContext(model, (x, y), opt, nn.MSELoss())
+    clone = ctx.copy_model()
+    lbfgs = torch.optim.LBFGS(clone.parameters(), lr=0.5, max_iter=5)
+    calls = []
+
+    def loss(c, out, t):
+        calls.append(1)
+        return nn.functional.mse_loss(out, t)
+
+    losses, _ = _fit(ctx, clone, lbfgs, x, y, 5, loss=loss, zero_grad=True, reached=lambda l, a: False)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert len(calls) > len(losses)  # the closure evaluated the replaced loss inside each step

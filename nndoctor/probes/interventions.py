@@ -37,7 +37,7 @@ from torch import nn
 
 from .._probe_records import InterventionTrial, OverfitCurve
 from .._tree import map_tensors
-from .context import ProbeContext, call
+from .context import ProbeContext, call, needs_closure
 from .isolation import ProbeSkip
 from .overfit import loss_floor
 
@@ -224,7 +224,17 @@ def _fit(
         if not math.isfinite(value) or step == steps or reached(losses, accs):
             break
         value_t.backward()
-        opt.step()
+        if needs_closure(opt):  # LBFGS: one step re-evaluates the same (replaced) loss
+            def closure() -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                out = call(clone, inputs)
+                value = loss(ctx, out, targets) if loss is not None else ctx.loss(out, targets)
+                value.backward()
+                return value
+
+            opt.step(closure)
+        else:
+            opt.step()
     return losses, accs
 
 
