@@ -215,6 +215,24 @@ def lr_too_high(f: Finding) -> bool:
     return better == "x0.1" or (better == "range-test" and "diverged_at" in f.evidence)
 
 
+@_pred("the sweep says the learning rate is too high and x0.1 fits the sweep's samples (removes at "
+       "least 90% of the loss): model, inputs and labels can learn, only the LR is wrong")
+def lr_too_high_lower_fits(f: Finding) -> bool:
+    if _ev(f, "better") != "x0.1":
+        return False
+    progress = f.evidence.get("progress")
+    value = progress.get("0.1") if isinstance(progress, dict) else None
+    try:
+        return float(value) >= 0.9
+    except (TypeError, ValueError):
+        return False
+
+
+@_pred("the sweep has not shown that a lower learning rate fits the samples")
+def lr_not_shown_to_fit(f: Finding) -> bool:
+    return not lr_too_high_lower_fits(f)
+
+
 @_pred("the sweep says the learning rate is too low (x10 better, or below the range test)")
 def lr_too_low(f: Finding) -> bool:
     better = _ev(f, "better")
@@ -378,7 +396,7 @@ LINKS: tuple[Link, ...] = tuple([
     *_links("random-input-loss", input_unused, [
         ("loss-not-decreasing", loss_stalled, "outputs that ignore the input can only learn the label prior"),
         ("overfit-tiny-batch", ANY, "outputs that ignore the input cannot separate the samples"),
-        ("lr-sweep", ANY, "outputs that ignore the input learn nothing at any LR"),
+        ("lr-sweep", lr_not_shown_to_fit, "outputs that ignore the input learn nothing at any LR"),
     ]),
     # -- loss ---------------------------------------------------------------------------
     *_links("loss-input-format", loss_squashed, [
@@ -460,6 +478,12 @@ LINKS: tuple[Link, ...] = tuple([
         ("nan-trace", nan_after_blowup, "a learning rate too high blows the weights up"),
         ("dead-relu", ANY, "one huge update can switch ReLU units off for good"),
         ("saturated-activation", ANY, "huge updates push sigmoid/tanh units to their rails"),
+    ]),
+    *_links("lr-sweep", lr_too_high_lower_fits, [
+        ("vanishing-gradient", ANY, "huge updates saturate softmax/tanh/sigmoid units and the gradient "
+         "behind them vanishes; at x0.1 the same samples are fitted"),
+        ("random-input-loss", input_unused, "at a learning rate too high the model learns nothing from its "
+         "inputs; at x0.1 it fits the same samples"),
     ]),
     *_links("lr-sweep", lr_too_low, [
         ("update-ratio", ratio_low, "a learning rate too low makes updates too small to matter"),

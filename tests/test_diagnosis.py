@@ -122,6 +122,8 @@ SAMPLES = {
     },
     "lr-sweep": {
         "too-high": lambda: F("lr-sweep", E, base_lr=50.0, better="x0.1", gain=0.4, noise_ratio=9.0),
+        "too-high-lower-fits": lambda: F("lr-sweep", W, base_lr=1e-3, better="x0.1", gain=0.78, noise_ratio=354.0,
+                                         progress={"0.1": 0.9998, "1": 0.22, "10": 0.15}),
         "too-low": lambda: F("lr-sweep", W, base_lr=1e-7, better="x10", gain=0.2, noise_ratio=9.0),
         "range-too-low": lambda: F("lr-sweep", W, base_lr=1e-7, better="range-test", decades_below=4.0),
         "range-too-high": lambda: F("lr-sweep", W, base_lr=20.0, better="range-test", diverged_at=3.0),
@@ -473,3 +475,24 @@ def test_summary_keeps_the_names_in_the_fix():
     f.fix = "Compute the loss with CrossEntropyLoss on the logits. Or clamp."
     s = Report(findings=[f]).diagnosis.summary
     assert s.endswith("compute the loss with CrossEntropyLoss on the logits.")
+
+
+def test_an_lr_too_high_that_a_lower_lr_fits_leads_the_vanishing_gradient_it_causes():
+    """nlp-tutorial's Transformer at Adam 1e-3: the encoder's gradient vanishes, the real
+    inputs give no advantage and the tiny batch stalls, while x0.1 fits the sweep's samples
+    (100% of the loss removed). The LR is the root cause; the rest are its symptoms."""
+    sweep = SAMPLES["lr-sweep"]["too-high-lower-fits"]()
+    findings = [
+        SAMPLES["vanishing-gradient"]["ratio"](),
+        SAMPLES["random-input-loss"]["inputs-carry-nothing"](),
+        F("overfit-tiny-batch", E, progress=0.26),
+        sweep,
+    ]
+    report = Report(findings=findings)
+    assert report.diagnosis.cause == "lr-sweep", [f.check for f in report.findings]
+    assert {"vanishing-gradient", "random-input-loss", "overfit-tiny-batch"} <= set(report.diagnosis.explains)
+    assert sweep.explained_by is None and "inconclusive_because" not in sweep.evidence
+    # an LR sweep that has not shown a lower LR fitting stays explained by unused inputs
+    weak = SAMPLES["lr-sweep"]["too-high"]()
+    Report(findings=[weak, SAMPLES["random-input-loss"]["inputs-carry-nothing"]()])
+    assert weak.explained_by == "random-input-loss"
