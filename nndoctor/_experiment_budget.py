@@ -36,13 +36,16 @@ __all__ = ["derived_budget", "BudgetPlanner", "Sizing", "SIZINGS"]
 _BASE_S = 60.0
 _STEPS_AFFORDED = 150
 _MIN_BUDGET_S = 120.0   # the former fixed --timeout: small scripts keep all of it
-_MAX_BUDGET_S = 900.0   # a model whose step takes > 3 s gets shortened probes, not hours
+# A model whose step takes > 1.6 s gets shortened probes, not a check that runs for a
+# quarter of an hour (pytorch/examples' LBFGS time_sequence_prediction, ~10 s a step on a
+# loaded CPU, took > 15 minutes with a 900 s ceiling); --timeout buys more.
+_MAX_BUDGET_S = 300.0
 
 
 def derived_budget(step_seconds: float | None) -> float:
     """Seconds for the experiments when the user gave no ``--timeout``: enough for the
     probes at a useful size on a model whose training step takes ``step_seconds``;
-    120 s when that is unknown or small, at most 900 s."""
+    120 s when that is unknown or small, at most 300 s (``--timeout`` sets any other)."""
     if step_seconds is None or not math.isfinite(step_seconds) or step_seconds <= 0:
         return _MIN_BUDGET_S
     return float(round(min(_MAX_BUDGET_S, max(_MIN_BUDGET_S, _BASE_S + _STEPS_AFFORDED * step_seconds))))

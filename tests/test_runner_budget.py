@@ -35,11 +35,11 @@ def mlp():
 def test_derived_budget_grows_with_the_step_time_between_a_floor_and_a_ceiling():
     assert derived_budget(None) == derived_budget(0.0) == derived_budget(float("nan")) == 120.0
     assert derived_budget(0.01) == 120.0  # a small script keeps the former fixed budget
-    one, two, three = derived_budget(1.0), derived_budget(2.0), derived_budget(3.0)
+    one, two, three = derived_budget(0.5), derived_budget(1.0), derived_budget(1.5)
     assert 120.0 < one < two < three  # a slower step buys proportionally more time
     assert three - two == pytest.approx(two - one, abs=1.0)
     assert float(one).is_integer()  # shown as "the experiments' time budget (210 s)"
-    assert derived_budget(100.0) == 900.0  # never hours
+    assert derived_budget(100.0) == derived_budget(3.0) == 300.0  # never a quarter of an hour
 
 
 def test_session_step_time_is_the_median_gap_after_the_first_step():
