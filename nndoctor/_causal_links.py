@@ -538,6 +538,8 @@ LINKS: tuple[Link, ...] = tuple([
         ("dead-relu", ANY, "large weights give large negative pre-activations to many units"),
         ("nan-trace", nan_not_backward, "activations multiplied layer after layer overflow"),
         ("update-ratio", ratio_low, "large weights make normal updates look small"),
+        ("update-ratio", ratio_high, "large weights inflate the activations, and a weight's gradient scales "
+         "with its input: the updates outgrow even the large weights"),
         ("loss-not-decreasing", ANY, "a badly scaled network trains badly"),
         ("overfit-tiny-batch", ANY, "a badly scaled network trains badly"),
         ("lr-sweep", ANY, "no learning rate suits weights of the wrong scale"),

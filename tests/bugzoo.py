@@ -255,6 +255,16 @@ def b_huge_init():
     return classic(model=model, lr=1e-3)
 
 
+def b_std_one_init():
+    """Every Linear drawn with std 1 (several times He) and trained with plain SGD: the
+    activations explode and the updates outgrow the weights. The init is the cause."""
+    model = mlp()
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1.0)
+    return classic(model=model, lr=0.1)
+
+
 class LogLoss(nn.Module):
     """A hand-written cross-entropy that takes log of softmax probabilities that underflow."""
 
@@ -521,6 +531,7 @@ BUGS = [
     Case("dead-relu-negative-bias", b_dead_relu, {"dead-relu"}),
     Case("huge-init", b_huge_init, {"weight-init", "chance-level-loss", "activation-std"},
          root=("weight-init",)),
+    Case("std-1-init-with-sgd", b_std_one_init, {"weight-init"}, root=("weight-init",)),
     Case("log-of-zero-in-loss", b_log_zero_loss, {"nan-trace"}),
     Case("lr-100x-too-high", b_lr_100x, {"update-ratio"},
          root=("update-ratio", "lr-sweep")),

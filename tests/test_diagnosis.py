@@ -496,3 +496,26 @@ def test_an_lr_too_high_that_a_lower_lr_fits_leads_the_vanishing_gradient_it_cau
     weak = SAMPLES["lr-sweep"]["too-high"]()
     Report(findings=[weak, SAMPLES["random-input-loss"]["inputs-carry-nothing"]()])
     assert weak.explained_by == "random-input-loss"
+
+
+def test_a_large_init_leads_the_too_large_updates_it_causes():
+    """Weights drawn with std 1 (8-11x He) under SGD lr 0.1, as in the canonical bug of
+    benchmarks/canonical_bugs.py: the activations explode from step 0, the gradients that
+    scale with them make updates 0.14 of the weights, the tiny batch diverges. The
+    update ratio is a consequence of the init (measured before any update), not the
+    cause; with the ratio too high the init still explains it."""
+    init = F("weight-init", W, kind="large", weights=["fc1.weight", "fc2.weight"])
+    findings = [
+        F("update-ratio", W, direction="high", median_ratio=0.14),
+        F("activation-std", W, worst_std=69.7, band=[0.5, 2.0]),
+        F("chance-level-loss", W, loss=818.0, chance_loss=2.3),
+        F("overfit-tiny-batch", W, verdict="optimizer_settings", progress=0.0),
+        init,
+    ]
+    report = Report(findings=findings)
+    assert report.diagnosis.cause == "weight-init", [(f.check, f.explained_by) for f in report.findings]
+    assert {"update-ratio", "activation-std", "chance-level-loss"} <= set(report.diagnosis.explains)
+    # an update ratio too high on a healthy init stays a cause of its own
+    alone = Report(findings=[F("update-ratio", W, direction="high", median_ratio=0.14),
+                             F("activation-std", W, worst_std=69.7, band=[0.5, 2.0])])
+    assert alone.diagnosis.cause == "update-ratio"
