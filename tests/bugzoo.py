@@ -247,6 +247,24 @@ def b_dead_relu():
     return classic(model=model)
 
 
+class FunctionalMLP(nn.Module):
+    """The same MLP written with F.relu calls (no ReLU modules to hook)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(20, 64), nn.Linear(64, 64), nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def b_dead_functional_relu():
+    model = FunctionalMLP()
+    with torch.no_grad():
+        model.fc1.bias.fill_(-10.0)
+    return classic(model=model)
+
+
 def b_huge_init():
     model = mlp()
     for m in model:
@@ -529,6 +547,7 @@ BUGS = [
     Case("all-zero-input", b_all_zero_input, {"input-normalization"}),
     Case("repeated-batch", b_repeated_batch, {"repeated-batch"}),
     Case("dead-relu-negative-bias", b_dead_relu, {"dead-relu"}),
+    Case("dead-functional-relu", b_dead_functional_relu, {"dead-relu"}),
     Case("huge-init", b_huge_init, {"weight-init", "chance-level-loss", "activation-std"},
          root=("weight-init",)),
     Case("std-1-init-with-sgd", b_std_one_init, {"weight-init"}, root=("weight-init",)),

@@ -88,6 +88,58 @@ def test_dead_units_counted_per_channel():
     assert units == {"units": 4, "dead": 2, "samples": 3 * 8 * 9}
 
 
+class FunctionalReluNet(nn.Module):
+    """ReLUs written as calls, not modules (most hand-written models): one after a
+    conv (per channel), one in-place after a linear, and an nn.ReLU module inside a
+    Sequential (counted once, under its module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+        self.fc = nn.Linear(4 * 9, 6)
+        self.head = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)).flatten(1)
+        h = self.fc(h).relu_()
+        return self.out(self.head(h))
+
+
+def test_functional_relu_units_counted_by_the_module_they_follow():
+    model = FunctionalReluNet()
+    with torch.no_grad():
+        model.conv.weight.fill_(1.0)
+        model.conv.bias.copy_(torch.tensor([0.0, 0.0, -100.0, -100.0]))  # channels 2, 3 dead
+        model.fc.bias.fill_(-1e4)                                          # every unit dead
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        for _ in range(3):
+            one_step(model, torch.rand(8, 1, 3, 3) + 0.1, torch.randint(0, 2, (8,)), opt)
+    units = doctor.observations.relu_units
+    assert units["conv -> relu"] == {"units": 4, "dead": 2, "samples": 3 * 8 * 9}
+    assert units["fc -> relu"] == {"units": 6, "dead": 6, "samples": 3 * 8}
+    # the module ReLU is counted once, under its own name, not again as a call after head.0
+    assert "head.1" in units and not any(k.startswith("head") and "->" in k for k in units)
+    found = doctor.report().by_check("dead-relu")
+    assert {f.where for f in found} == {"fc -> relu"} and found[0].severity.value == "error"
+    assert "(6/6)" in found[0].message
+
+
+def test_functional_relus_of_a_healthy_model_are_not_dead():
+    torch.manual_seed(0)
+    model = FunctionalReluNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        for _ in range(5):
+            one_step(model, torch.randn(32, 1, 3, 3), torch.randint(0, 2, (32,)), opt)
+    units = doctor.observations.relu_units
+    assert {"conv -> relu", "fc -> relu", "head.1"} <= set(units)
+    assert not doctor.report().by_check("dead-relu")
+
+
 @pytest.mark.parametrize("build, kind, fed_by", [
     (lambda x, y: F.cross_entropy(x, y), "cross_entropy", "log_softmax"),
     (lambda x, y: nn.CrossEntropyLoss(label_smoothing=0.1)(x, y), "cross_entropy", "log_softmax"),

@@ -155,9 +155,11 @@ def _log_distance(s: float, low: float, high: float) -> float:
 
 class DeadRelu(Check):
     """## What it measures
-    For every `nn.ReLU`/`nn.ReLU6` module, the share of its units (channels of a conv
-    output, features of a linear output) that were zero for every sample of every
-    sampled training batch.
+    For every `nn.ReLU`/`nn.ReLU6` module, and every functional ReLU (`F.relu`,
+    `torch.relu`, `x.relu_()`) applied to a module's output (named `<module> -> relu`,
+    found by a walk of the loss's autograd graph on sampled steps), the share of its
+    units (channels of a conv output, features of a linear output) that were zero for
+    every sample of every sampled training batch.
 
     ## Why it matters
     A ReLU unit that is never positive passes no signal forward and no gradient back, so
@@ -199,7 +201,8 @@ class DeadRelu(Check):
 
     def evaluate(self, obs) -> Iterable[Finding]:
         if not obs.relu_units:
-            raise Skip("no nn.ReLU module was observed on a sampled step (functional relu cannot be hooked)")
+            raise Skip("no ReLU was observed on a sampled step (neither an nn.ReLU module nor a functional "
+                       "relu applied to a module's output)")
         judged = {p: u for p, u in obs.relu_units.items() if u["samples"] >= self.min_samples and u["units"] > 0}
         if not judged:
             raise Skip(f"fewer than {int(self.min_samples)} samples per ReLU unit were observed")

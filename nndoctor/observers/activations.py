@@ -15,6 +15,22 @@ from .._observations import ActivationRecord, Observations, StepRecord
 from ._base import NAN, Observer, float_tensors, mean_std
 
 
+_MAX_GRAPH_NODES = 4000  # bound of the functional-ReLU walk (a sampled step's host cost)
+_VIEWS = frozenset({"ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "CloneBackward0",
+                    "ContiguousBackward0", "ToCopyBackward0"})
+
+
+def _skip_views(relu_node: Any) -> Any:
+    """The node that produced the ReLU's input, past reshapes and copies."""
+    node = relu_node
+    for _ in range(8):
+        nxt = next((n for n, _ in getattr(node, "next_functions", ()) if n is not None), None)
+        if nxt is None or nxt.name() not in _VIEWS:
+            return nxt
+        node = nxt
+    return None
+
+
 class ActivationObserver(Observer):
     name = "activations"
     feeds = ("activation-std", "dead-relu", "saturated-activation", "nan-trace", "train-eval-mode",
@@ -26,11 +42,16 @@ class ActivationObserver(Observer):
         self._relu_active: dict[str, torch.Tensor] = {}
         self._relu_samples: dict[str, int] = {}
         self._step_outputs: dict[tuple[Any, ...], int] = {}
+        # grad_fn of each module output on a sampled step -> (node, path, category): the
+        # graph walk of ``before_backward`` finds functional ReLUs (F.relu, torch.relu)
+        # by the module whose output they consume. The node is kept so its id stays unique.
+        self._producers: dict[int, tuple[Any, str, str]] = {}
         self._calls = 0
         self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def begin_step(self, cur: StepRecord) -> None:
         self._step_outputs = {}
+        self._producers = {}
         self._calls = 0
 
     def step_hooks(self, model: nn.Module) -> list[Any]:
@@ -111,6 +132,10 @@ class ActivationObserver(Observer):
             vec = torch.stack(values)
         for _, t in outs:
             self._step_outputs[(t.data_ptr(), tuple(t.shape), t.dtype)] = call
+        node = primary.grad_fn
+        if node is not None and path:
+            # the innermost module first: a container's output is its last child's
+            self._producers.setdefault(id(node), (node, path, category))
         n_extra = max(len(outs) - 1, 1)
         labels = [lab for lab, _ in outs]
         batch = int(primary.shape[0]) if primary.dim() >= 1 else None
@@ -140,6 +165,43 @@ class ActivationObserver(Observer):
             ))
 
         self.add(vec, sink)
+
+    def before_backward(self, cur: StepRecord, loss: Any, first_after_update: bool) -> None:
+        """Functional ReLUs (``F.relu``, ``torch.relu``, ``x.relu_()``) have no module to
+        hook: on sampled steps, walk the loss's graph (host-side, bounded) for ReLU nodes
+        that consume a module's output, and count their units from the output the node
+        saved for its backward, under the name ``<module> -> relu``."""
+        if not cur.sampled or not self._producers or not isinstance(loss, torch.Tensor):
+            return
+        root = loss.grad_fn
+        if root is None:
+            return
+        seen: set[int] = set()
+        stack = [root]
+        while stack and len(seen) < _MAX_GRAPH_NODES:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.name() == "ReluBackward0" and self._producers.get(id(node), (None, "", ""))[2] != "relu":
+                self._functional_relu(node)
+            for nxt, _ in getattr(node, "next_functions", ()):
+                if nxt is not None and id(nxt) not in seen:
+                    stack.append(nxt)
+
+    def _functional_relu(self, node: Any) -> None:
+        producer = _skip_views(node)
+        found = self._producers.get(id(producer)) if producer is not None else None
+        if found is None or found[2] == "relu":
+            return
+        try:
+            saved = node._saved_result
+        except Exception:  # freed, or a build that does not expose it
+            return
+        if not isinstance(saved, torch.Tensor) or saved.dim() < 2:
+            return
+        with torch.no_grad():
+            self._relu(f"{found[1]} -> relu", saved)
 
     def _relu(self, path: str, primary: torch.Tensor) -> torch.Tensor:
         """Dead share of this call; units never active are accumulated over the watch.
@@ -177,4 +239,5 @@ class ActivationObserver(Observer):
     def release(self) -> None:
         self._relu_active.clear()
         self._step_outputs = {}
+        self._producers = {}
         self._consts = {}
