@@ -214,6 +214,9 @@ class Observations:
     # Parameter name -> did it ever change between the first and last observed step
     params_changed: dict[str, bool] = field(default_factory=dict)
     has_optimizer: bool = False
+    # optimizers that stepped while watching but hold none of the model's parameters
+    # (built over another instance): described once each
+    other_optimizers: list[dict[str, Any]] = field(default_factory=list)
     updates_seen: int = 0
     sampled_steps: int = 0
     notes: list[str] = field(default_factory=list)

@@ -159,6 +159,11 @@ class FrozenLayer(Check):
                         "the loss (keep the computation in torch tensors).",
                 )
         have_grad = [n for n in trainable if n not in never_grad and n not in wiped]
+        if not obs.has_optimizer and obs.other_optimizers and have_grad and not obs.updates_seen:
+            # An optimizer stepped, the model's parameters got gradients, none changed, and
+            # the optimizer holds none of them: built over another instance.
+            yield self._missing_finding(obs, trainable, trainable, optimizers=obs.other_optimizers)
+            return
         zero = [n for n in have_grad
                 if all(r.grad_norms.get(n, 0.0) == 0.0 for r in steps if n in r.grad_norms)
                 and any(n in r.grad_norms for r in steps)]
@@ -232,12 +237,12 @@ class FrozenLayer(Check):
             parameters=n_params,
         )
 
-    def _missing_finding(self, obs, missing: list[str], trainable: list[str]) -> Finding:
+    def _missing_finding(self, obs, missing: list[str], trainable: list[str], optimizers=None) -> Finding:
         params = obs.params
         mods = _modules_of(obs, missing)
         share = sum(params[n].numel for n in missing) / max(sum(params[n].numel for n in trainable), 1)
         sev = Severity.ERROR if share >= self.max_missing_share else Severity.WARNING
-        held = sum(g.get("n_params", 0) for o in obs.optimizers for g in o.get("groups", []))
+        held = sum(g.get("n_params", 0) for o in (optimizers or obs.optimizers) for g in o.get("groups", []))
         if len(missing) == len(trainable) and held:
             return self.finding(
                 f"The optimizer holds {count(held, 'parameter tensor')}, none of them this model's: it was built over "

@@ -35,7 +35,7 @@ from .._derive import derive_all
 from .._observations import Observations, StepRecord
 from .._tree import tensors
 from ._base import Observer, Pending, Schedule, Units
-from ._describe import adopt_optimizer, describe_data_loaders, describe_watch, stepping_optimizer
+from ._describe import adopt_optimizer, describe_data_loaders, describe_optimizer, describe_watch, stepping_optimizer
 from ._ledger import StepLedger
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
@@ -74,6 +74,7 @@ class Recorder:
     ) -> None:
         self._model_ref = weakref.ref(model)
         self._optimizers = [weakref.ref(o) for o in optimizers]
+        self._others: list[weakref.ref] = []
         self._loaders: dict[int, dict[str, Any]] = {}
         self._loss_fn = loss_fn
         self.schedule = schedule or Schedule()
@@ -418,6 +419,7 @@ class Recorder:
 
     def _global_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._owns(opt):
+            self._other_optimizer(opt)
             return
         self._adopt(opt)
         if not self.optimizer_mode:
@@ -427,6 +429,18 @@ class Recorder:
             except Exception as exc:
                 self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
         self._opt_pre(opt, args, kwargs)
+
+    def _other_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        """An optimizer stepping over none of the model's parameters: remembered (once),
+        so frozen-layer can tell an optimizer built over another instance from
+        hand-written updates."""
+        if any(r() is opt for r in self._others):
+            return
+        self._others.append(weakref.ref(opt))
+        try:
+            self.obs.other_optimizers.append(describe_optimizer(opt))
+        except Exception as exc:
+            self.obs.notes.append(f"could not describe an optimizer over another model: {exc!r}")
 
     def _global_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._owns(opt):
