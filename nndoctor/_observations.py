@@ -157,6 +157,8 @@ class StepRecord:
     step: int
     sampled: bool
     loss: float | None = None
+    # how many backpropagated losses ``loss`` adds up (micro-batches of one optimizer step)
+    loss_terms: int = 0
     training: bool | None = None
     backward_calls: int = 0
     # global gradient L2 norm, and the parameters whose gradient was non-finite (every step)

@@ -245,8 +245,13 @@ class ChanceLevelLoss(Check):
             raise Skip("no loss value was observed")
         if graph is None:
             raise Skip("the loss's graph was not observed, so its type and K are unknown")
-        yield from self._judge(first.loss, graph.n_classes, graph.kind, graph.reduction, graph.multi_term,
-                               first.step, source=f"at step {first.step}")
+        loss, source = first.loss, f"at step {first.step}"
+        if first.loss_terms > 1 and loss is not None:
+            # gradient accumulation: the step's loss adds up its micro-batches' losses
+            loss = loss / first.loss_terms
+            source = f"at step {first.step} (the mean of its {first.loss_terms} micro-batch losses)"
+        yield from self._judge(loss, graph.n_classes, graph.kind, graph.reduction, graph.multi_term,
+                               first.step, source=source)
 
     def _judge(self, loss, k, kind, reduction, multi, step, source) -> Iterable[Finding]:
         if kind not in ("cross_entropy",):

@@ -80,11 +80,12 @@ class StepLedger:
         first = held[0]
         if closure:
             if first.loss is not None:
-                cur.loss = first.loss
+                cur.loss, cur.loss_terms = first.loss, first.loss_terms
         else:
             losses = [r.loss for r in held if r.loss is not None]
             if losses:
                 cur.loss = math.fsum(losses) + (cur.loss or 0.0)
+                cur.loss_terms += sum(r.loss_terms for r in held)
         cur.backward_calls += sum(r.backward_calls for r in held)
         for name in _FED:
             if getattr(first, name) not in (None, [], {}) and getattr(cur, name) in (None, [], {}):

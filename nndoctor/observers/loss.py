@@ -31,6 +31,7 @@ class LossObserver(Observer):
 
     def log(self, cur: StepRecord, loss: Any) -> None:
         self._explicit[id(cur)] = cur
+        cur.loss_terms = 1
         if not isinstance(loss, torch.Tensor):
             cur.loss = float(loss)
             return
@@ -59,6 +60,7 @@ class LossObserver(Observer):
             def scaled_sink(v: list[float]) -> None:
                 if not self._logged(cur):
                     cur.loss = v[0] + (cur.loss or 0.0)
+                    cur.loss_terms += 1
                     cur.loss_scale = v[1]
 
             self.add(torch.stack([value / scale, scale]), scaled_sink)
@@ -67,6 +69,7 @@ class LossObserver(Observer):
         def sink(v: list[float]) -> None:
             if not self._logged(cur):
                 cur.loss = v[0] + (cur.loss or 0.0)
+                cur.loss_terms += 1
 
         self.add(value, sink)
 
