@@ -17,8 +17,10 @@ class NanTrace(Check):
     gradient (backward) or in the loss. For the forward pass it names the *producer*:
     the first module, in call order, whose output is non-finite while its inputs were
     finite (modules that only pass the value on are listed apart). Tuple, list and dict
-    outputs are inspected element by element. For the backward pass it names the first
-    parameter gradient, in backward order, that is non-finite.
+    outputs are inspected element by element. Non-finite values already in the input
+    batch (seen first by the first module the model runs, which made none of them) are
+    named as the input's. For the backward pass it names the first parameter gradient,
+    in backward order, that is non-finite.
 
     ## Why it matters
     One non-finite value spreads to every weight at the next update and training is
@@ -27,6 +29,7 @@ class NanTrace(Check):
     where it starts — this check does that search.
 
     ## How to fix
+    - If the input batch carries them: check the data and its preprocessing (`(x - mean) / (std + 1e-8)`, constant features, missing values).
     - If the producer is your own code: guard log/sqrt/division (`log(x.clamp_min(1e-8))`, `x / (y + eps)`).
     - If the weights already were non-finite: an earlier update blew up; lower the learning rate, clip gradients (`torch.nn.utils.clip_grad_norm_`).
     - With fp16 autocast: keep the loss in fp32 and use GradScaler.
@@ -94,6 +97,9 @@ class NanTrace(Check):
             yield self.finding(message, where=layer, step=fwd.step, fix=fix, direction="forward",
                                first_bad_layer=layer, **evidence)
             return
+        if fwd is not None and fwd.step == first:
+            yield self._unproduced(obs, fwd, evidence)
+            return
         later = ""
         if fwd is not None and fwd.step > first:
             later = f" From step {fwd.step} on, the forward pass is non-finite from `{fwd.where}` on."
@@ -123,7 +129,22 @@ class NanTrace(Check):
             )
             return
         assert fwd is not None
-        yield self.finding(
+        yield self._unproduced(obs, fwd, evidence)
+
+    def _unproduced(self, obs, fwd, evidence: dict) -> Finding:
+        """Non-finite values that no module made from finite inputs: at the first module
+        the model runs, the input batch itself; deeper, code between modules."""
+        if obs.forward_order and fwd.where == obs.forward_order[0]:
+            return self.finding(
+                f"The input batch already contains NaN/Inf at step {fwd.step}: `{fwd.where}`, the first "
+                f"module the model runs, receives it, and everything after it is non-finite. The data or "
+                f"its preprocessing made it (a division by a zero std of a constant feature, log of 0, a "
+                f"missing value read as NaN).",
+                where=fwd.where, step=fwd.step, direction="input", **evidence,
+                fix="Check a batch with torch.isfinite(x).all(); standardise with (x - mean) / (std + 1e-8) or "
+                    "drop constant features; fill or drop missing values before training.",
+            )
+        return self.finding(
             f"NaN/Inf reaches the output of `{fwd.where}` at step {fwd.step}, but no module "
             f"produced it from finite inputs: it comes from the input batch or from code "
             f"between modules.",

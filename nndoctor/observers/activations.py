@@ -209,7 +209,8 @@ class ActivationObserver(Observer):
         tokens, features) outputs. One max-reduction, no copy."""
         unit_dim = primary.dim() - 1 if primary.dim() == 3 else 1
         dims = tuple(d for d in range(primary.dim()) if d != unit_dim)
-        active = primary.detach().amax(dim=dims) > 0
+        peak = primary.detach().amax(dim=dims)
+        active = (peak > 0) | peak.isnan()  # a NaN unit is nan-trace's business, not a dead one
         prev = self._relu_active.get(path)
         self._relu_active[path] = active if prev is None or prev.shape != active.shape else (prev | active)
         self._relu_samples[path] = self._relu_samples.get(path, 0) + primary.numel() // max(active.numel(), 1)
