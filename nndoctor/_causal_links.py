@@ -110,6 +110,12 @@ def ratio_low(f: Finding) -> bool:
     return _ratio_direction(f) == "low"
 
 
+@_pred("the first updates rewrite a tenth of the weights or more (100x the healthy ~1e-3)")
+def ratio_destructive(f: Finding) -> bool:
+    return _ratio_direction(f) == "high" and max(_num(_ev(f, "early_median_ratio")),
+                                                 _num(_ev(f, "median_ratio"))) >= 0.1
+
+
 # weight-init -------------------------------------------------------------------------------
 @_pred("weights initialised too large")
 def init_large(f: Finding) -> bool:
@@ -464,6 +470,10 @@ LINKS: tuple[Link, ...] = tuple([
         ("saturated-activation", ANY, "huge updates push sigmoid/tanh units to their rails"),
         ("overfit-tiny-batch", ANY, "the same too-large steps keep the tiny batch from being fitted"),
         ("gradient-check", gradcheck_nonfinite, "the blown-up weights make the loss non-finite"),
+    ]),
+    *_links("update-ratio", ratio_destructive, [
+        ("activation-std", acts_vanishing, "updates that rewrite the weights switch ReLU units off for good, "
+         "and the activations behind them collapse"),
     ]),
     *_links("update-ratio", ratio_low, [
         ("loss-not-decreasing", loss_stalled, "updates too small to matter leave the loss where it is"),

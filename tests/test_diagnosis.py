@@ -75,6 +75,8 @@ SAMPLES = {
     "update-ratio": {
         "high": lambda: F("update-ratio", E, "2", median_ratio=3.2, early_median_ratio=3.2, direction="high"),
         "low": lambda: F("update-ratio", W, "0", median_ratio=2e-9, early_median_ratio=2e-9, direction="low"),
+        "mildly-high": lambda: F("update-ratio", W, "0", median_ratio=0.012, early_median_ratio=0.012,
+                                 direction="high"),
     },
     "weight-init": {
         "large": lambda: F("weight-init", W, "0", weights=["0.weight"], kind="large",
@@ -519,3 +521,18 @@ def test_a_large_init_leads_the_too_large_updates_it_causes():
     alone = Report(findings=[F("update-ratio", W, direction="high", median_ratio=0.14),
                              F("activation-std", W, worst_std=69.7, band=[0.5, 2.0])])
     assert alone.diagnosis.cause == "update-ratio"
+
+
+def test_destructive_updates_lead_the_collapsed_activations_they_cause():
+    """Adam at lr 1 on a small CNN (a red-team script): the first updates are 0.4 of the
+    weights, the ReLUs behind them switch off (activation std 0: an error) and the tiny
+    batch stalls. The learning rate leads, not the activation scale (whose fix, 'He init,
+    BatchNorm', was the wrong advice)."""
+    ratio = F("update-ratio", W, "0", median_ratio=0.42, early_median_ratio=0.42, direction="high")
+    acts = F("activation-std", E, worst_std=0.0, band=[0.5, 2.0])
+    report = Report(findings=[acts, F("overfit-tiny-batch", W, progress=0.4), ratio])
+    assert report.diagnosis.cause == "update-ratio" and acts.explained_by == "update-ratio"
+    # a mildly high ratio does not explain activations that vanish
+    mild = F("update-ratio", W, "0", median_ratio=0.012, early_median_ratio=0.012, direction="high")
+    acts2 = F("activation-std", E, worst_std=0.0, band=[0.5, 2.0])
+    assert Report(findings=[acts2, mild]).diagnosis.cause == "activation-std"
