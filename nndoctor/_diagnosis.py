@@ -51,11 +51,26 @@ __all__ = ["Link", "LINKS", "Diagnosis", "diagnose", "candidates", "SYMPTOM_ONLY
 
 
 # ------------------------------------------------------------------------------ summaries
+_ABBREVIATIONS = ("e.g", "i.e", "etc", "vs", "approx")
+
+
 def _first_sentence(text: str) -> str:
+    """Up to the first '. ' or '; ' outside brackets and code, not after 'e.g.'."""
     text = (text or "").strip()
-    for sep in (". ", "; "):
-        if sep in text:
-            text = text.split(sep, 1)[0]
+    depth, code = 0, False
+    for i, ch in enumerate(text):
+        if ch == "`":
+            code = not code
+        elif code:
+            continue
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        elif ch in ".;" and depth == 0 and text[i + 1 : i + 2] == " ":
+            if ch == "." and text[:i].lower().endswith(_ABBREVIATIONS):
+                continue
+            return text[:i]
     return text.rstrip(".")
 
 
@@ -91,6 +106,9 @@ def _summary(f: Finding) -> str:
     if c == "grad-not-zeroed":
         return ("Gradients are never reset, so every step applies the sum of all past gradients; call "
                 "optimizer.zero_grad() once per update (or set p.grad = None after a hand-written update).")
+    if c == "frozen-layer" and _ev(f, "mechanism") == "optimizer_over_other_model":
+        return ("The optimizer holds none of this model's parameters (it was built over another instance), so "
+                "the model never updates; build the optimizer over model.parameters() of the model you train.")
     if c == "frozen-layer" and _ev(f, "kind") == "not_in_optimizer":
         return ("Trainable parameters are in no optimizer, so they never update; build the optimizer after the "
                 "model exists, over model.parameters().")
@@ -115,6 +133,9 @@ def _summary(f: Finding) -> str:
         what = "all equal, so the units never differentiate" if kind == "symmetric" else f"too {kind} for their fan-in"
         return (f"The initial weights are {what}; use Kaiming (ReLU) or Xavier (tanh/sigmoid) init, "
                 "or PyTorch's defaults.")
+    if c == "nan-trace" and _ev(f, "direction") == "input":
+        return (f"The input batch already contains NaN/Inf, so everything computed from it is meaningless; "
+                f"{_lower_first(_first_sentence(f.fix))}.")
     if c == "nan-trace":
         where = f.where or "the model"
         return (f"Non-finite values start in `{where}`, and everything computed after them is meaningless; "

@@ -536,3 +536,13 @@ def test_destructive_updates_lead_the_collapsed_activations_they_cause():
     mild = F("update-ratio", W, "0", median_ratio=0.012, early_median_ratio=0.012, direction="high")
     acts2 = F("activation-std", E, worst_std=0.0, band=[0.5, 2.0])
     assert Report(findings=[acts2, mild]).diagnosis.cause == "activation-std"
+
+
+def test_a_summary_is_not_cut_inside_brackets_code_or_after_e_g():
+    from nndoctor._diagnosis import _first_sentence
+    assert _first_sentence("Set requires_grad=True (e.g. a leftover; keep it). More.") == \
+        "Set requires_grad=True (e.g. a leftover; keep it)"
+    assert _first_sentence("Layers (`fc1` (Linear; 10 params)) are frozen; unfreeze them.") == \
+        "Layers (`fc1` (Linear; 10 params)) are frozen"
+    assert _first_sentence("Use `x.clamp_min(1e-8). log()` there. Then") == "Use `x.clamp_min(1e-8). log()` there"
+    assert _first_sentence("One sentence.") == "One sentence"
