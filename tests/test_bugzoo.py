@@ -20,7 +20,6 @@ def test_zoo_is_big_enough():
 # that would name it is missing or too weak (issue 10, "Detectors that real trials showed
 # weak"). Asserted exactly: a fix makes the test fail until its line is removed here.
 KNOWN_MISSES = {
-    ("wrong-custom-backward", "watch"): "only the gradient check, an experiment, sees a wrong backward",
     # Watching alone trains no copy: without a held-out set and a permuted-label control,
     # unpaired labels look like a slow start. With the experiments, random-input-loss's
     # pairing test (the watched batches held out) names it.

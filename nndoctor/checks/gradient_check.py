@@ -83,7 +83,8 @@ class GradientCheck(Check):
     family = "experiments"
     severity = Severity.ERROR
     kind = "experiment"
-    needs = ("experiments",)
+    watch_too = True  # the custom Functions watch() saw, verified on their first call
+    needs = ("experiments", "custom_functions")
     thresholds = (
         Threshold(
             "max_relative_error",
@@ -130,6 +131,10 @@ class GradientCheck(Check):
         return err is not None and math.isfinite(err) and err <= self.max_relative_error
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
+        watched = getattr(obs, "custom_functions", None)
+        if (getattr(obs, "experiments", None) or {}).get("gradcheck") is None and watched is not None:
+            yield from self.evaluate_watched(watched)
+            return
         data = _data(obs, "gradcheck", "gradient-check", GradcheckRun)
         units = data.units
         model: Any = data.model or {}
@@ -251,6 +256,41 @@ class GradientCheck(Check):
                     dtype=model.get("dtype"),
                     localized=localized[:10],
                 )
+
+    def evaluate_watched(self, records: list[dict[str, Any]]) -> Iterable[Finding]:
+        """Watch mode: the custom autograd.Functions the watched steps called, each checked
+        on the inputs of its first call (``nndoctor.observers.custom_functions``)."""
+        checked = [r for r in records if not r.get("skipped")]
+        if not checked:
+            if not records:
+                raise Skip("no custom autograd.Function was called while watching (`Doctor.checkup` / "
+                           "`nndoctor check` also check custom modules and the whole model)")
+            raise Skip("; ".join(f"custom autograd.Function `{r['name']}` not verified: {r['skipped']}"
+                                 for r in records))
+        for r in checked:
+            tol = self.max_relative_error * (100.0 if r.get("dtype") == "float32" else 1.0)
+            clear, _ = self.split_by_noise(r.get("results") or [], tol)
+            if not clear:
+                continue  # within tolerance, or within the finite differences' own noise
+            worst = max(x["rel_error"] for x in clear)
+            where = r.get("where")
+            yield self.finding(
+                f"The backward of custom autograd.Function `{r['name']}`"
+                + (f" (called in `{where}`)" if where else "")
+                + " is wrong: its analytic gradient disagrees with finite differences "
+                f"({r.get('method')} on the inputs of its first call while watching, {r.get('dtype')}, "
+                f"relative error {worst:.2g}, tolerance {tol:.0e}).",
+                where=where,
+                unit_kind="function",
+                unit=r["name"],
+                method=r.get("method"),
+                max_rel_error=worst,
+                tolerance=tol,
+                dtype=r.get("dtype"),
+                input_shapes=r.get("input_shapes"),
+                sliced=bool(r.get("sliced")),
+                source="watch",
+            )
 
     def split_by_noise(self, results: list[dict[str, Any]], tol: float) -> tuple[list, list]:
         """The directions whose error exceeds ``tol``: (clear, noisy). Clear: the error is
