@@ -33,6 +33,20 @@ class GradientCheck(Check):
     back to the same state, so dropout masks and a depth drawn by `random.randint` are the
     same in f(w + eps v) and f(w - eps v). Two evaluations at the same weights must give
     the same loss; when they do not, the check is inconclusive.
+    (c) in watch mode too (`Doctor.watch()`, `nndoctor check --no-experiments`): every
+    user-defined `torch.autograd.Function` that the watched model calls is verified on
+    the inputs of its first call (a copy; the first rows of the batch when they hold
+    more than 65,536 elements). While watching, `apply` of those classes is wrapped
+    until that first call, then put back (nothing per step after it; every wrapper is
+    removed when the watch ends, on exceptions too). When the report is built, the
+    Function alone is re-run in float64 (float32 with eps 1e-3 and a 100x looser
+    tolerance when it cannot run in float64) and u^T J v from its backward is compared
+    with central differences along 4 random directions, judged with
+    `max_relative_error` and `noise_margin` as below; the user's random streams and the
+    model are untouched. No verdict (the reason is shown) for a forward that is not
+    reproducible, one that is piecewise constant in its inputs (rounding, sign: a
+    straight-through estimator's backward is a surrogate by design), non-finite values,
+    or a Function only called with grad disabled.
 
     ## Why it matters
     A wrong backward does not crash: training just goes nowhere, or somewhere odd, and
@@ -48,8 +62,9 @@ class GradientCheck(Check):
       estimators), the mismatch may be intended: ignore the finding for that unit.
 
     ## Known false positives
-    - Deliberate gradient surrogates (straight-through estimators, gradient reversal,
-      clipping inside backward) disagree with finite differences by design.
+    - Deliberate gradient surrogates (gradient reversal, clipping or scaling inside
+      backward) disagree with finite differences by design. A straight-through estimator
+      whose forward is piecewise constant (rounding, sign) is recognised and not judged.
     - Kinks (ReLU at 0, max-pool ties) hit by the perturbation can cause a rare, small
       mismatch; the tolerance is set well above that level.
     - Models that only run in float32 are checked in float32 with eps 1e-3 and a 100x
@@ -68,7 +83,9 @@ class GradientCheck(Check):
     ## Example
     A `torch.autograd.Function` implementing `x * w` whose backward returns
     `grad * w * 2` for `x`: gradcheck fails, and the finding names the Function and the
-    module that called it.
+    module that called it. Watching alone finds it too: a Function computing `2 * x`
+    whose backward returns `grad * 0.5` gives "relative error 0.75, tolerance 1e-03"
+    after the first training step.
 
     ## References
     - The training checklist: "a hand-written gradient: check it numerically".

@@ -251,30 +251,38 @@ class CustomFunctionObserver(Observer):
             return True
         if klass in self._captures:
             return True
-        if not torch.is_grad_enabled():
-            return False
-        if not any(t.requires_grad and t.is_floating_point() for t in tensors((args, kwargs))):
+        ours, where = self._caller()
+        if not ours:
+            return False  # another model's forward (a second Doctor watches that one)
+        if not torch.is_grad_enabled() or not any(
+                t.requires_grad and t.is_floating_point() for t in tensors((args, kwargs))):
             self._no_grad_calls.add(klass)  # an eval pass, or inputs that need no gradient
             return False
-        self._captures[klass] = capture_call(klass, args, kwargs, self._caller())
+        self._captures[klass] = capture_call(klass, args, kwargs, where)
         return True
 
     def on_apply_failed(self, exc: BaseException) -> None:
         self.rec.unit_failed(self, "autograd.Function.apply", exc)
 
-    def _caller(self) -> str | None:
-        """The path of the innermost module of the watched model whose code is on the
-        call stack (its ``forward`` called the Function); None for the model itself."""
+    def _caller(self) -> tuple[bool, str | None]:
+        """(is the call ours, where): the path of the innermost module of the watched
+        model whose code is on the call stack (its ``forward`` called the Function; None
+        for the model itself or the training loop). A call from inside a module with
+        parameters that is not part of the watched model belongs to another model: not
+        ours. Parameter-free modules (a loss) are looked through."""
         ids = self.rec.module_ids
-        frame = sys._getframe(2)
+        frame = sys._getframe(3)
         for _ in range(64):
             if frame is None:
                 break
             owner = frame.f_locals.get("self")
-            if owner is not None and id(owner) in ids:
-                return ids[id(owner)] or None
+            if isinstance(owner, torch.nn.Module):
+                if id(owner) in ids:
+                    return True, ids[id(owner)] or None
+                if next(owner.parameters(), None) is not None:
+                    return False, None
             frame = frame.f_back
-        return None
+        return True, None
 
     def remove_hooks(self) -> None:
         listening, self._listening = self._listening, set()
