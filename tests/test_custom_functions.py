@@ -466,3 +466,49 @@ def test_checkup_after_watch_reports_the_function_once():
     merged = report.merge(doctor.checkup((x[:16], y[:16]), loss_fn=nn.CrossEntropyLoss(), select=["gradient-check"]))
     found = [f for f in merged.findings if f.check == "gradient-check"]
     assert len(found) == 1 and found[0].evidence["unit"] == "WrongScale"
+
+
+class MyReLU(torch.autograd.Function):
+    """pytorch-examples' custom ReLU (correct; its kink at 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        grad_x = grad_output.clone()
+        grad_x[x < 0] = 0
+        return grad_x
+
+
+class WrongReLU(MyReLU):
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        grad_x = grad_output.clone()
+        grad_x[x < 0] = 0
+        return grad_x * 3  # the bug
+
+
+@pytest.mark.parametrize("fn,fires", [(MyReLU, False), (WrongReLU, True)], ids=["correct", "wrong"])
+def test_a_function_fed_exact_zeros_at_its_kink_is_judged_off_the_kink(fn, fires):
+    class AfterReLU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(8, 16)
+
+        def forward(self, x):
+            return fn.apply(torch.relu(self.body(x)))  # half the inputs are exactly 0
+
+    model = AfterReLU()
+    doctor = Doctor(model)
+    x, _ = data()
+    with doctor.watch():
+        model(x).pow(2).mean().backward()
+    report = doctor.report()
+    (rec,) = report.observations.custom_functions
+    assert rec["skipped"] is None
+    assert bool(gradcheck_findings(report)) == fires

@@ -462,18 +462,22 @@ def _measure(cap: FunctionCapture, dtype: torch.dtype, eps: float, seed: int, n_
                        for s in (1e-3, 1e-2, 1e-1, 1.0)):
                     flat_seen = True
                     continue
-            u0, up, um = dot(f0), dot(plus), dot(minus)
+            up, um = dot(plus), dot(minus)
             fd = (up - um) / (2 * eps)
             out: dict[str, Any] = {"fd": fd, "ad": ad, "rel_error": _rel_error(fd, ad)}
             if out["rel_error"] > 1e-4 and math.isfinite(fd):
                 # How far round-off, truncation and kinks move the finite difference: the
-                # spread of the estimates at eps/2, eps and 2 eps, the gap between the
-                # one-sided differences (a kink or a jump inside the step), at least the
-                # dtype's round-off of u^T f over eps.
+                # spread of the estimates at eps/2, eps and 2 eps; the second difference
+                # f(x+h) + f(x-h) - 2 f(x), element by element (O(h^2) where f is smooth,
+                # O(h) at a kink or a jump inside the step: there the central difference
+                # may differ from any one-sided derivative by up to |f+ + f- - 2 f0| / 2h,
+                # summed without cancellation); at least the dtype's round-off of u^T f
+                # over eps.
                 estimates = [fd, (dot(along(eps / 2)) - dot(along(-eps / 2))) / eps,
                              (dot(along(2 * eps)) - dot(along(-2 * eps))) / (4 * eps)]
                 spread = max(estimates) - min(estimates) if all(map(math.isfinite, estimates)) else math.inf
-                one_sided = abs((up - u0) / eps - (u0 - um) / eps)
+                one_sided = sum(float(((p + m - 2 * f).abs() * u.abs()).sum())
+                                for p, m, f, u in zip(plus, minus, f0, us)) / (2 * eps)
                 floor = unit * sum(float((f.abs() * u.abs()).sum()) for f, u in zip(f0, us)) / eps
                 noise = max(spread, one_sided, floor)
                 scale = max(abs(fd), abs(ad))
