@@ -55,9 +55,13 @@ _CAPTURED_KEY = "custom_functions"
 
 
 def _is_compiling() -> bool:
+    """Traced by torch.compile, or inside a torch.func transform (vmap, grad): the
+    arguments are not plain tensors to copy; the call passes straight through."""
     fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    transforms = getattr(torch._C, "_are_functorch_transforms_active", None)
     try:
-        return bool(fn()) if fn is not None else False
+        compiling = bool(fn()) if fn is not None else False
+        return compiling or bool(transforms is not None and transforms())
     except Exception:  # pragma: no cover - a torch whose check itself fails
         return False
 
