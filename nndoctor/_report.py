@@ -196,7 +196,13 @@ class Report:
         ]
         seen_skips: dict[str, dict[str, str]] = {}
         for s in skipped:
-            seen_skips.setdefault(s["check"], s)
+            first = seen_skips.get(s["check"])
+            if first is None:
+                seen_skips[s["check"]] = dict(s)
+            elif s.get("reason") and s["reason"] not in (first.get("reason") or ""):
+                # skipped on both sides for different reasons (gradient-check: no custom
+                # Function in the watch, and the experiments disabled): both are shown
+                first["reason"] = f"{first['reason']}; {s['reason']}" if first.get("reason") else s["reason"]
         observations = self.observations if self.observations is not None else other.observations
         kept = getattr(observations, "check_thresholds", None)
         if isinstance(kept, dict) and other.observations is not observations:
