@@ -512,3 +512,63 @@ def test_a_function_fed_exact_zeros_at_its_kink_is_judged_off_the_kink(fn, fires
     (rec,) = report.observations.custom_functions
     assert rec["skipped"] is None
     assert bool(gradcheck_findings(report)) == fires
+
+
+SCRIPT = '''
+import torch
+from torch import nn
+
+
+class WrongScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(WrongScale.apply(self.body(x)))
+
+
+torch.manual_seed(0)
+x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+model = Net()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(200):
+    idx = torch.randint(0, 256, (32,))
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+    opt.step()
+'''
+
+
+def test_nndoctor_check_without_experiments_names_the_wrong_function(tmp_path):
+    """A real subprocess run of the CLI: watching alone (--no-experiments) leads with the
+    wrong backward, and the exit code says error."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_custom_fn.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "nndoctor", "check", str(script), "--steps", "8",
+                           "--no-experiments", "--json", str(out)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    first = report["findings"][0]
+    assert first["check"] == "gradient-check" and first["evidence"]["unit"] == "WrongScale"
+    assert report["diagnosis"]["cause"] == "gradient-check"
+    assert first["evidence"]["max_rel_error"] > first["evidence"]["tolerance"] == 1e-3
