@@ -83,7 +83,9 @@ def render_check_page(cls: type[Check]) -> str:
         f"# `{cls.id}`: {cls.title}",
         "",
         f"Family: {cls.family} · Severity: {severity} · "
-        f"Kind: {_KIND_TEXT.get(cls.kind, cls.kind)} · Source: [{source}](../{source})",
+        f"Kind: {_KIND_TEXT.get(cls.kind, cls.kind)}"
+        + (", and **watch** for what the watched steps show (see below)" if cls.watch_too else "")
+        + f" · Source: [{source}](../{source})",
         "",
         "## Thresholds",
         "",

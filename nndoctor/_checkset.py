@@ -243,7 +243,7 @@ class CheckSet:
     def passive(self) -> list[Check]:
         """The checks judged on watched training (distributed ones included: they skip
         outside a DDP run and are judged again on every rank's facts by ``gather``)."""
-        return [c for c in self.instances.values() if c.kind == "passive"]
+        return [c for c in self.instances.values() if c.kind == "passive" or c.watch_too]
 
     @property
     def experiment(self) -> list[Check]:

@@ -249,6 +249,7 @@ class Doctor:
         return self._observations
 
     def _evaluate(self, obs: Observations) -> Report:
+        self._verify_custom_functions(obs)
         verdict = judge(self.checks, obs)
         return Report(
             findings=verdict.findings, checks_run=verdict.run, checks_skipped=verdict.skipped,
@@ -258,6 +259,18 @@ class Doctor:
             script=self.script, observations=obs, logdir=getattr(self, "_logdir", None),
             notes=[*obs.notes, *verdict.notes],
         )
+
+    def _verify_custom_functions(self, obs: Observations) -> None:
+        """The custom autograd.Functions the watch saw, checked once (when the first report
+        is built, not while training): see ``nndoctor.observers.custom_functions``."""
+        rec = self._last_recorder
+        if rec is None or self._recorder is not None:
+            return
+        from .observers.custom_functions import take_captures, verify_captures
+
+        captures = take_captures(rec.captured)
+        if captures:
+            verify_captures(captures, obs)
 
     def report(self) -> Report:
         """What the watched steps showed. Before any watch(), an empty report that lists

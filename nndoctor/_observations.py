@@ -230,6 +230,10 @@ class Observations:
     # None: not observed (an older observer); []: no DataLoader in play.
     data_loaders: list[dict[str, Any]] | None = None
     experiments: dict[str, Any] = field(default_factory=dict)
+    # The custom autograd.Functions watch() saw, each verified on its first call (see
+    # nndoctor.observers.custom_functions): one plain dict per Function class. None: not
+    # verified (no watch, or report() not built yet); []: none was called.
+    custom_functions: list[dict[str, Any]] | None = None
     # Check id -> {threshold name: value} the checks judged with (a user's overrides
     # included), so reporters draw the lines the checks actually used.
     check_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)

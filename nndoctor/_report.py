@@ -120,6 +120,12 @@ class Finding:
         )
 
 
+def _unit_subject(f: Finding) -> tuple[str, str, str] | None:
+    """(check, unit kind, unit name) of a finding about one unit, else None."""
+    unit = f.evidence.get("unit") if isinstance(f.evidence, dict) else None
+    return (f.check, str(f.evidence.get("unit_kind")), str(unit)) if unit else None
+
+
 @dataclass
 class Report:
     """What nndoctor found. ``findings`` lead with the most likely root cause, then the
@@ -190,15 +196,25 @@ class Report:
         ]
         seen_skips: dict[str, dict[str, str]] = {}
         for s in skipped:
-            seen_skips.setdefault(s["check"], s)
+            first = seen_skips.get(s["check"])
+            if first is None:
+                seen_skips[s["check"]] = dict(s)
+            elif s.get("reason") and s["reason"] not in (first.get("reason") or ""):
+                # skipped on both sides for different reasons (gradient-check: no custom
+                # Function in the watch, and the experiments disabled): both are shown
+                first["reason"] = f"{first['reason']}; {s['reason']}" if first.get("reason") else s["reason"]
         observations = self.observations if self.observations is not None else other.observations
         kept = getattr(observations, "check_thresholds", None)
         if isinstance(kept, dict) and other.observations is not observations:
             # the thresholds the other side's checks judged with (the figures draw them)
             for cid, values in (getattr(other.observations, "check_thresholds", None) or {}).items():
                 kept.setdefault(cid, dict(values))
+        # A unit both sides judged (a custom autograd.Function that watch() verified and the
+        # checkup's gradient check verified again) is reported once, as the first side did.
+        subjects = {_unit_subject(f) for f in self.findings} - {None}
+        later = [f for f in other.findings if _unit_subject(f) not in subjects]
         return Report(
-            findings=[*self.findings, *other.findings],
+            findings=[*self.findings, *later],
             checks_run=run,
             checks_skipped=list(seen_skips.values()),
             steps_observed=max(self.steps_observed, other.steps_observed),

@@ -20,11 +20,13 @@ def test_zoo_is_big_enough():
 # that would name it is missing or too weak (issue 10, "Detectors that real trials showed
 # weak"). Asserted exactly: a fix makes the test fail until its line is removed here.
 KNOWN_MISSES = {
-    ("wrong-custom-backward", "watch"): "only the gradient check, an experiment, sees a wrong backward",
     # Watching alone trains no copy: without a held-out set and a permuted-label control,
     # unpaired labels look like a slow start. With the experiments, random-input-loss's
-    # pairing test (the watched batches held out) names it.
-    ("labels-shuffled-separately", "watch"): "nothing in watch mode looks at input/label pairing",
+    # pairing test (the watched batches held out) names it; in watch mode the lead,
+    # loss-not-decreasing, names that test as the next thing to run (see
+    # test_watch_points_unpaired_labels_to_the_pairing_test).
+    ("labels-shuffled-separately", "watch"): "pairing cannot be proven without training copies; "
+                                             "loss-not-decreasing's fix names the checkup's pairing test",
 }
 MODES = ("watch", "checkup")
 
@@ -155,3 +157,20 @@ def test_root_cause_is_confirmed_by_intervention(case):
 def test_watch_only_reports_carry_no_confirmation():
     assert all(run_case(c).diagnosis is None or run_case(c).diagnosis.confirmed is None
                for c in BUGS if c.name in ("softmax-before-cross-entropy", "lr-100x-too-high"))
+
+
+def test_watch_points_unpaired_labels_to_the_pairing_test():
+    """Watch mode cannot prove unpaired labels; its lead finding must send the user to the
+    checkup's pairing test when the weights move at a healthy rate on changing batches."""
+    case = next(c for c in BUGS if c.name == "labels-shuffled-separately")
+    (finding,) = run_case(case).by_check("loss-not-decreasing")
+    assert 1e-4 <= finding.evidence["median_update_ratio"] <= 1e-1 and finding.evidence["distinct_batches"] >= 2
+    assert "doctor.checkup(batch)" in finding.fix and "paired with the inputs" in finding.fix
+    assert "random-input-loss" in finding.fix
+
+
+@pytest.mark.parametrize("name", ["lr-far-too-low", "optimizer-over-a-copy"])
+def test_no_pairing_hint_when_the_updates_explain_the_stall(name):
+    case = next(c for c in BUGS if c.name == name)
+    for finding in run_case(case).by_check("loss-not-decreasing"):
+        assert "paired with the inputs" not in (finding.fix or ""), finding.evidence.get("median_update_ratio")

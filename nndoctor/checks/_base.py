@@ -68,6 +68,9 @@ class Check:
     family: ClassVar[str]
     severity: ClassVar[Severity]  # the worst severity this check issues
     kind: ClassVar[str] = "passive"  # "passive" (watch mode) or "experiment" (checkup)
+    # An experiment check that also judges what watch() records (gradient-check: the
+    # custom autograd.Functions the watched steps called); judged in both modes.
+    watch_too: ClassVar[bool] = False
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
     citations: ClassVar[tuple[Citation, ...]] = ()
     # Names of Observations attributes the check reads; validated when a Doctor is built.

@@ -33,6 +33,20 @@ class GradientCheck(Check):
     back to the same state, so dropout masks and a depth drawn by `random.randint` are the
     same in f(w + eps v) and f(w - eps v). Two evaluations at the same weights must give
     the same loss; when they do not, the check is inconclusive.
+    (c) in watch mode too (`Doctor.watch()`, `nndoctor check --no-experiments`): every
+    user-defined `torch.autograd.Function` that the watched model calls is verified on
+    the inputs of its first call (a copy; the first rows of the batch when they hold
+    more than 65,536 elements). While watching, `apply` of those classes is wrapped
+    until that first call, then put back (nothing per step after it; every wrapper is
+    removed when the watch ends, on exceptions too). When the report is built, the
+    Function alone is re-run in float64 (float32 with eps 1e-3 and a 100x looser
+    tolerance when it cannot run in float64) and u^T J v from its backward is compared
+    with central differences along 4 random directions, judged with
+    `max_relative_error` and `noise_margin` as below; the user's random streams and the
+    model are untouched. No verdict (the reason is shown) for a forward that is not
+    reproducible, one that is piecewise constant in its inputs (rounding, sign: a
+    straight-through estimator's backward is a surrogate by design), non-finite values,
+    or a Function only called with grad disabled.
 
     ## Why it matters
     A wrong backward does not crash: training just goes nowhere, or somewhere odd, and
@@ -48,8 +62,9 @@ class GradientCheck(Check):
       estimators), the mismatch may be intended: ignore the finding for that unit.
 
     ## Known false positives
-    - Deliberate gradient surrogates (straight-through estimators, gradient reversal,
-      clipping inside backward) disagree with finite differences by design.
+    - Deliberate gradient surrogates (gradient reversal, clipping or scaling inside
+      backward) disagree with finite differences by design. A straight-through estimator
+      whose forward is piecewise constant (rounding, sign) is recognised and not judged.
     - Kinks (ReLU at 0, max-pool ties) hit by the perturbation can cause a rare, small
       mismatch; the tolerance is set well above that level.
     - Models that only run in float32 are checked in float32 with eps 1e-3 and a 100x
@@ -68,7 +83,9 @@ class GradientCheck(Check):
     ## Example
     A `torch.autograd.Function` implementing `x * w` whose backward returns
     `grad * w * 2` for `x`: gradcheck fails, and the finding names the Function and the
-    module that called it.
+    module that called it. Watching alone finds it too: a Function computing `2 * x`
+    whose backward returns `grad * 0.5` gives "relative error 0.75, tolerance 1e-03"
+    after the first training step.
 
     ## References
     - The training checklist: "a hand-written gradient: check it numerically".
@@ -83,7 +100,8 @@ class GradientCheck(Check):
     family = "experiments"
     severity = Severity.ERROR
     kind = "experiment"
-    needs = ("experiments",)
+    watch_too = True  # the custom Functions watch() saw, verified on their first call
+    needs = ("experiments", "custom_functions")
     thresholds = (
         Threshold(
             "max_relative_error",
@@ -130,6 +148,10 @@ class GradientCheck(Check):
         return err is not None and math.isfinite(err) and err <= self.max_relative_error
 
     def evaluate(self, obs: Any) -> Iterable[Finding]:
+        watched = getattr(obs, "custom_functions", None)
+        if (getattr(obs, "experiments", None) or {}).get("gradcheck") is None and watched is not None:
+            yield from self.evaluate_watched(watched)
+            return
         data = _data(obs, "gradcheck", "gradient-check", GradcheckRun)
         units = data.units
         model: Any = data.model or {}
@@ -251,6 +273,41 @@ class GradientCheck(Check):
                     dtype=model.get("dtype"),
                     localized=localized[:10],
                 )
+
+    def evaluate_watched(self, records: list[dict[str, Any]]) -> Iterable[Finding]:
+        """Watch mode: the custom autograd.Functions the watched steps called, each checked
+        on the inputs of its first call (``nndoctor.observers.custom_functions``)."""
+        checked = [r for r in records if not r.get("skipped")]
+        if not checked:
+            if not records:
+                raise Skip("no custom autograd.Function was called while watching (`Doctor.checkup` / "
+                           "`nndoctor check` also check custom modules and the whole model)")
+            raise Skip("; ".join(f"custom autograd.Function `{r['name']}` not verified: {r['skipped']}"
+                                 for r in records))
+        for r in checked:
+            tol = self.max_relative_error * (100.0 if r.get("dtype") == "float32" else 1.0)
+            clear, _ = self.split_by_noise(r.get("results") or [], tol)
+            if not clear:
+                continue  # within tolerance, or within the finite differences' own noise
+            worst = max(x["rel_error"] for x in clear)
+            where = r.get("where")
+            yield self.finding(
+                f"The backward of custom autograd.Function `{r['name']}`"
+                + (f" (called in `{where}`)" if where else "")
+                + " is wrong: its analytic gradient disagrees with finite differences "
+                f"({r.get('method')} on the inputs of its first call while watching, {r.get('dtype')}, "
+                f"relative error {worst:.2g}, tolerance {tol:.0e}).",
+                where=where,
+                unit_kind="function",
+                unit=r["name"],
+                method=r.get("method"),
+                max_rel_error=worst,
+                tolerance=tol,
+                dtype=r.get("dtype"),
+                input_shapes=r.get("input_shapes"),
+                sliced=bool(r.get("sliced")),
+                source="watch",
+            )
 
     def split_by_noise(self, results: list[dict[str, Any]], tol: float) -> tuple[list, list]:
         """The directions whose error exceeds ``tol``: (clear, noisy). Clear: the error is

@@ -290,13 +290,47 @@ class ChanceLevelLoss(Check):
                 fix="Set final_layer.bias.data = torch.log(prior) (class frequencies), as in Karpathy's recipe.")
 
 
+# Update/weight ratios from a decade below the ~1e-3 rule of thumb (lower, a too-low learning
+# rate explains a slow loss) up to update-ratio's `high`: not what stalls the loss.
+_HEALTHY_UPDATE = (1e-4, 1e-1)
+_PAIRING_HINT = (
+    "The weights move at a healthy rate (update/weight ratio within 1e-4..1e-1) on batches that change, "
+    "yet the loss does not fall: the labels may not be paired with the inputs (inputs and labels shuffled "
+    "by two separate calls, two shuffled loaders zipped). Watching alone cannot tell; run the checkup next — "
+    "`doctor.checkup(batch)` in Python, or `nndoctor check` without `--no-experiments`: its pairing test "
+    "(random-input-loss) holds out the watched samples against a permuted-label control and tests "
+    "whether the labels are paired with the inputs."
+)
+
+
+def _update_ratio(obs) -> float | None:
+    """The median update/weight norm ratio of the weight matrices over the measured updates."""
+    ratios = []
+    for rec in obs.steps:
+        for name, upd in rec.update_norms.items():
+            meta = obs.params.get(name)
+            w = rec.weight_norms.get(name)
+            if meta is not None and meta.role == "weight" and w and math.isfinite(upd) and math.isfinite(w):
+                ratios.append(upd / w)
+    return median(ratios) if ratios else None
+
+
+def _distinct_batches(obs) -> int:
+    """How many different input batches the sampled steps saw (by fingerprint)."""
+    return len({(r.input.fingerprint, r.input.shape) for r in obs.sampled if r.input is not None})
+
+
 class LossNotDecreasing(Check):
     """## What it measures
     The trend of the loss over the watched steps: the median of the last third against
     the first third (reported), Kendall's rank statistic (share of later losses below earlier
     ones) and the t statistic of a least-squares slope: both must show no progress
     before it fires, so minibatch noise is not mistaken for a plateau (nor a noisy
-    plateau for progress). Also a loss that never changes at all.
+    plateau for progress). Also a loss that never changes at all. When the weights move
+    at a healthy rate (update/weight ratio within 1e-4..1e-1) on
+    batches that change and the loss still shows no trend, the labels may not be paired
+    with the inputs, which watching alone cannot prove: the finding's fix then names the
+    checkup's pairing test (random-input-loss) as the next thing to run.
 
     ## Why it matters
     The checklist: if the loss trends down, wait longer — if it does not, something is
@@ -326,7 +360,7 @@ class LossNotDecreasing(Check):
     title = "The loss does not go down"
     family = "loss"
     severity = Severity.ERROR
-    needs = ("steps",)
+    needs = ("steps", "params")
     thresholds = (
         Threshold("min_steps", 8, "finite loss values needed to judge a trend", "steps"),
         Threshold("min_down_pairs", 0.6, "share of (earlier, later) pairs with a lower later loss that counts as a downward trend", "fraction"),
@@ -359,7 +393,13 @@ class LossNotDecreasing(Check):
                 severity=Severity.ERROR, **evidence,
                 fix="Lower the learning rate (x0.1), check the sign of the loss, clip gradients.")
         elif down < self.min_down_pairs and t > self.max_trend_t:
+            ratio, distinct = _update_ratio(obs), _distinct_batches(obs)
+            # Weights that move at a healthy rate on batches that change, and still no
+            # progress: watching cannot tell unpaired labels from a slow start (that
+            # needs a held-out set and a permuted-label control), the checkup can.
+            unpaired_hint = ratio is not None and _HEALTHY_UPDATE[0] <= ratio <= _HEALTHY_UPDATE[1] and distinct >= 2
             yield self.finding(
                 f"The loss shows no downward trend over {count(len(losses), 'step')}: {fmt(first)} -> {fmt(last)} "
                 f"({change:+.1%}; {down:.0%} of later values below earlier ones; trend t = {t:.1f}).",
-                severity=Severity.WARNING, **evidence)
+                severity=Severity.WARNING, **evidence, median_update_ratio=ratio, distinct_batches=distinct,
+                fix=(_PAIRING_HINT + " " + self.default_fix()) if unpaired_hint else None)

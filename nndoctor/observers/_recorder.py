@@ -39,6 +39,7 @@ from ._describe import adopt_optimizer, describe_data_loaders, describe_optimize
 from ._ledger import StepLedger
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
 from .activations import ActivationObserver
+from .custom_functions import CustomFunctionObserver
 from .gradients import GradientObserver
 from .inputs import InputObserver
 from .loss import LossObserver
@@ -51,7 +52,7 @@ from .updates import UpdateObserver
 # inputs unit reads the labels from the loss node the graph unit found).
 UNITS: tuple[type[Observer], ...] = (
     LossObserver, GradientObserver, UpdateObserver, LossGraphObserver, PairObserver, InputObserver,
-    ActivationObserver, UnregisteredModuleProbe,
+    ActivationObserver, UnregisteredModuleProbe, CustomFunctionObserver,
 )
 
 
