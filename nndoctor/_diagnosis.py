@@ -120,6 +120,10 @@ def _summary(f: Finding) -> str:
                 "param group and that the optimizer holds this model's parameters.")
     if c == "frozen-layer" and _ev(f, "kind") == "all_frozen":
         return "Every parameter has requires_grad=False, so nothing trains; unfreeze the parameters that must learn."
+    if c == "update-ratio" and _ev(f, "mechanism") == "clipped":
+        return (f"Gradient clipping scales the gradients to {_fmt(_ev(f, 'clip_factor'))} of their norm before "
+                "every step, so the updates are too small to matter; raise clip_grad_norm_'s max_norm (or "
+                "remove it).")
     if c == "update-ratio":
         word = "high" if ratio_high(f) else "low"
         fix = "lower it (x0.1) or add warm-up/clipping" if word == "high" else "raise it (x10)"

@@ -137,10 +137,38 @@ class UpdateRatio(Check):
         elif median(moving.values()) < self.low:
             overall = median(moving.values())
             worst = min(moving, key=moving.get)
+            clip = _clip_factor(obs)
+            if clip is not None and clip < 0.1:
+                yield self.finding(
+                    f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 is "
+                    f"healthy), because the gradients are scaled to {fmt(clip)} of their norm between backward() "
+                    f"and the optimizer's step: gradient clipping (clip_grad_norm_) with a max_norm far below "
+                    f"the gradients' norm.",
+                    severity=Severity.WARNING, where=obs.params[worst].module, direction="low",
+                    mechanism="clipped", clip_factor=clip, **evidence,
+                    fix="Raise clip_grad_norm_'s max_norm (1.0 is common; the tuning playbook clips at the 90th "
+                        "percentile of the unclipped norms) or remove the clipping; the learning rate is not the "
+                        "problem.")
+                return
             yield self.finding(
                 f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
                 f"is healthy): the learning rate is likely too low to make progress.",
                 severity=Severity.WARNING, where=obs.params[worst].module, direction="low", **evidence)
+
+
+def _clip_factor(obs) -> float | None:
+    """Median over sampled steps of the gradient norm at the optimizer's step over the
+    norm at the end of backward (1: untouched; clipping scales it down; 0: wiped)."""
+    factors = []
+    for r in obs.steps:
+        names = [n for n in r.grad_norms_at_backward if n in r.grad_norms]
+        if not names:
+            continue
+        before = math.sqrt(math.fsum(r.grad_norms_at_backward[n] ** 2 for n in names))
+        after = math.sqrt(math.fsum(r.grad_norms[n] ** 2 for n in names))
+        if before > 0 and math.isfinite(before) and math.isfinite(after) and after > 0:
+            factors.append(after / before)
+    return median(factors) if factors else None
 
 
 def _weight_growth(obs, names: list[str]) -> float | None:
