@@ -17,6 +17,9 @@ class UpdateRatio(Check):
     For every weight matrix, the ratio ||update|| / ||weight|| of each measured update
     (the change the optimizer, or your hand-written rule, made in one step); the
     verdict uses the median over layers of the median over steps, and lists outliers.
+    When the ratio is too low, it also compares the gradients' norm at the optimizer's
+    step with their norm when backward() ended: scaled far down in between means
+    gradient clipping with a max_norm far below the gradients' norm (the cause named).
 
     ## Why it matters
     The checklist: the ratio of the update size to the weight size should be about
@@ -26,6 +29,7 @@ class UpdateRatio(Check):
     ## How to fix
     - Ratio too high: lower the learning rate (x0.1), add warm-up or gradient clipping.
     - Ratio too low: raise the learning rate (x10); check weight decay is not fighting the updates.
+    - Clipped to nothing: raise `clip_grad_norm_`'s max_norm (1.0 is common) or remove the clipping.
 
     ## Known false positives
     - Adam's first steps update every weight by about the learning rate, so tiny
