@@ -168,8 +168,8 @@ class DeadRelu(Check):
     too-high learning rate.
 
     ## How to fix
-    - Lower the learning rate (a single large update often kills units).
-    - Check the init of the layer before the ReLU (Kaiming) and its bias (zero, not negative).
+    - Check the layer before the ReLU: its bias (zero, not negative) and its init (Kaiming); normalise the inputs. Units dead from the first watched step were never alive: the learning rate did not kill them.
+    - If units die later in a long run, lower the learning rate (a single large update often kills units).
     - Put BatchNorm before the ReLU, or use LeakyReLU/GELU.
 
     ## Known false positives
