@@ -150,6 +150,10 @@ class LossValueRecord:
     target_integer: bool | None = None  # every target is a whole number
     target_min: float | None = None
     target_max: float | None = None
+    # regression: share of targets below 0, and of predictions exactly 0 (a final ReLU)
+    target_negative_fraction: float | None = None
+    output_zero_fraction: float | None = None
+    output_min: float | None = None
 
 
 @dataclass

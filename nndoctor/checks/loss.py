@@ -37,7 +37,8 @@ class LossInputFormat(Check):
     (`log_softmax(x, dim=0)`: `logsumexp` over the class dim is not 0, over the batch
     dim it is), a regression loss on whole-number class indices with one output, and a
     prediction broadcast against a target of another shape (`(N, 1)` against `(N,)`:
-    the loss compares every prediction with every target).
+    the loss compares every prediction with every target), and a regression head ending
+    in a ReLU (predictions never negative) while part of the targets are negative.
 
     ## Why it matters
     The checklist: know what input a library loss expects; in PyTorch `NLLLoss` expects
@@ -76,6 +77,7 @@ class LossInputFormat(Check):
     thresholds = (
         Threshold("max_norm_error", 0.01, "mean |logsumexp| of the log-probabilities over the class dim above which they are not normalised over it", "nats"),
         Threshold("min_zero_logits", 0.2, "share of exact zeros among non-negative logits (a ReLU's output) from which they are reported", "fraction"),
+        Threshold("min_negative_targets", 0.1, "share of negative regression targets from which a final ReLU (outputs never negative) is an error", "fraction"),
         Threshold("min_index_classes", 3, "distinct whole-number targets of a one-output regression loss from which they look like class indices", "count"),
     )
     citations = (CHECKLIST, Citation("PyTorch documentation, CrossEntropyLoss / NLLLoss / BCEWithLogitsLoss"))
@@ -171,6 +173,21 @@ class LossInputFormat(Check):
                         "loss_fn(out, y.unsqueeze(1)).", **ev)
                 return
             reg = [v for v in values if v.kind == "regression"]
+            negative = [v.target_negative_fraction for v in reg if v.target_negative_fraction is not None]
+            zero_out = [v.output_zero_fraction for v in reg if v.output_zero_fraction is not None]
+            relu = any(g.upstream == "ReluBackward0" for g in graphs)
+            if (relu and negative and median(negative) >= self.min_negative_targets
+                    and all((v.output_min or 0.0) >= 0.0 for v in reg)):
+                yield self.finding(
+                    f"The predictions go through a final ReLU (never negative"
+                    + (f"; {median(zero_out):.0%} exactly 0" if zero_out else "") + ") "
+                    f"while {median(negative):.0%} of the targets are negative: those targets can never be "
+                    f"reached, and outputs stuck at 0 pass no gradient.",
+                    severity=Severity.ERROR, where="loss", problem="non_negative_outputs",
+                    negative_target_fraction=median(negative), zero_fraction=median(zero_out) if zero_out else None,
+                    fix="Remove the final ReLU: a regression head ends with a plain Linear layer (or an activation "
+                        "whose range covers the targets).", **ev)
+                return
             if (reg and all(v.n_outputs == 1 and v.target_integer and (v.target_min or 0) >= 0 for v in reg)
                     and max(v.target_classes or 0 for v in reg) >= self.min_index_classes
                     and max(v.target_max or 0 for v in reg) <= 64):

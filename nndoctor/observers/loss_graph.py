@@ -130,6 +130,9 @@ def analyse_loss_graph(loss: torch.Tensor, max_nodes: int = 400) -> tuple[LossGr
         graph.target_shape = tuple(int(d) for d in node._saved_target.shape)
     except Exception:  # not saved by this node type
         pass
+    source = _skip_views(feeder)
+    if source is not None and source.name() in ("ReluBackward0", "SigmoidBackward0", "SoftplusBackward0"):
+        graph.upstream = source.name()
     if feeder is not None and feeder.name() == "ExpandBackward0":
         try:
             before = tuple(int(d) for d in feeder._saved_self_sym_sizes)
@@ -303,12 +306,14 @@ class LossGraphObserver(Observer):
         distinct = (torch.zeros(66, device=t.device, dtype=torch.float64)
                     .scatter_add_(0, bins.reshape(-1), torch.ones(bins.numel(), device=t.device, dtype=torch.float64))
                     > 0).sum().double()
-        vec = torch.stack([out_std.double(), tgt_std.double(), whole, tmin.double(), tmax.double(), distinct])
+        vec = torch.stack([out_std.double(), tgt_std.double(), whole, tmin.double(), tmax.double(), distinct,
+                           (t < 0).double().mean(), (p == 0).double().mean(), p.min().double()])
 
         def make(v: list) -> LossValueRecord:
             return LossValueRecord(
                 kind="regression", n=n, n_outputs=k, output_std=v[0], target_std=v[1],
                 target_integer=bool(v[2]), target_min=v[3], target_max=v[4], target_classes=int(v[5]),
+                target_negative_fraction=v[6], output_zero_fraction=v[7], output_min=v[8],
             )
 
         return vec, make
