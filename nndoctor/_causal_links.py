@@ -303,10 +303,10 @@ def frozen_by_mistake(f: Finding) -> bool:
 
 
 @_pred("loss inputs wrong by value (non-negative logits, log-probabilities over the wrong dim, "
-       "class indices regressed, broadcast shapes)")
+       "class indices regressed, broadcast shapes, a final ReLU before negative regression targets)")
 def loss_input_by_value(f: Finding) -> bool:
     return _ev(f, "problem") in ("non_negative_logits", "wrong_normalisation_dim", "class_indices_regressed",
-                                 "broadcast")
+                                 "broadcast", "non_negative_outputs")
 
 
 @_pred("the targets are dominated by one class (the label prior bites)")

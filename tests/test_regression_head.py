@@ -41,3 +41,33 @@ def test_no_final_relu_or_non_negative_targets_stay_quiet():
     assert not train(final_relu=False).by_check("loss-input-format")
     # a ReLU head is fine for targets that are never negative (counts, prices)
     assert not train(final_relu=True, shift=20.0).by_check("loss-input-format")
+
+
+def train_targets(scale: float, offset: float):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 1, generator=g)
+    doctor = Doctor(model, sample_every=1)
+    with doctor.watch():
+        for _ in range(12):
+            x = torch.randn(32, 6, generator=g) * 0.05  # features scaled as sklearn's load_diabetes ships them
+            y = (x / 0.05 @ w) * scale + offset  # e.g. disease progression 25..346
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+    return doctor.report()
+
+
+def test_unstandardised_regression_targets_are_named():
+    report = train_targets(scale=40.0, offset=150.0)
+    found = report.by_check("prediction-collapse")
+    assert found and found[0].severity.value == "warning", [(f.check, f.message) for f in report.findings]
+    assert found[0].evidence["mechanism"] == "unscaled_targets" and "(y - mean) / std" in found[0].fix
+    assert report.diagnosis.cause == "prediction-collapse"
+
+
+def test_standardised_targets_are_not_called_unscaled():
+    report = train_targets(scale=1.0, offset=0.0)
+    assert not [f for f in report.by_check("prediction-collapse") if f.evidence.get("mechanism") == "unscaled_targets"]

@@ -24,8 +24,10 @@ class PredictionCollapse(Check):
     It fires when, on every one of the later sampled steps (the last half, at least 2),
     the predictions sit on one class or a constant while the targets vary; as info only
     when they were already there at the first sampled step (the model never moved: not
-    a collapse in training, and other findings name why). With the label prior it says
-    when class imbalance is what bites. Steps after a non-finite loss are not judged.
+    a collapse in training, and other findings name why), except for a regression whose
+    targets are not standardised (std above `max_target_std`): that is the cause, and a
+    warning. With the label prior it says when class imbalance is what bites. Steps
+    after a non-finite loss are not judged.
 
     ## Why it matters
     A model that always predicts the majority class reaches the label prior's loss and
@@ -66,6 +68,7 @@ class PredictionCollapse(Check):
         Threshold("max_minority_ratio", 0.5, "predicted share of the other classes / their share in the targets, below which the minority is ignored", "ratio"),
         Threshold("min_prior_share", 0.8, "label prior of the predicted class from which imbalance is named as the cause", "fraction"),
         Threshold("max_std_ratio", 0.01, "regression: output std across the batch / target std below which the output is constant", "ratio"),
+        Threshold("max_target_std", 10.0, "regression: target std above which targets of a constant output are called unscaled (a warning even from the start)", "target units"),
     )
     citations = (Citation("Karpathy, 'A Recipe for Training Neural Networks', 2019"), CHECKLIST,
                  Citation("PyTorch documentation, BCEWithLogitsLoss pos_weight / WeightedRandomSampler"))
@@ -171,6 +174,23 @@ class PredictionCollapse(Check):
         first = recs[0][1]
         from_start = (first.output_std is not None and first.target_std
                       and first.output_std / first.target_std < self.max_std_ratio)
+        target_std = median([v.target_std for v in varying])
+        if from_start and target_std > self.max_target_std:
+            lo = min((v.target_min for v in varying if v.target_min is not None), default=None)
+            hi = max((v.target_max for v in varying if v.target_max is not None), default=None)
+            span = f", range {fmt(lo)} to {fmt(hi)}" if lo is not None and hi is not None else ""
+            yield self.finding(
+                f"The regression targets are not standardised (std {fmt(target_std)}{span}) and the model's "
+                f"output stays (almost) constant across the batch (std {fmt(median([v.output_std for v in varying]))}, "
+                f"{fmt(max(ratios))}x the targets' at most) on each of the last {len(steps)} sampled steps: a network "
+                f"initialised to outputs of order 1 spends its updates chasing the targets' mean and scale, with "
+                f"huge MSE gradients, instead of learning how they vary.",
+                step=steps[-1], output_std=median([v.output_std for v in varying]), target_std=target_std,
+                std_ratio=max(ratios), steps=steps, from_start=True, mechanism="unscaled_targets",
+                severity=Severity.WARNING,
+                fix="Standardise the targets with the training split's statistics, y = (y - mean) / std, train on "
+                    "those, and undo it for predictions (y * std + mean).")
+            return
         yield self.finding(
             f"The model's output is (almost) the same for every sample: its std across the batch is "
             f"{fmt(median([v.output_std for v in varying]))} against the targets' {fmt(median([v.target_std for v in varying]))} "
