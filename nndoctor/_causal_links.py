@@ -292,9 +292,9 @@ def unregistered_untrained(f: Finding) -> bool:
 
 
 # issue 10 (G2): frozen-layer mechanisms, loss inputs by value, prediction-collapse ---------
-@_pred("gradients computed, then zeroed between backward() and the optimizer step")
+@_pred("gradients computed, then zeroed between backward() and the optimizer step (or step() called before backward())")
 def grads_wiped(f: Finding) -> bool:
-    return _ev(f, "mechanism") == "grads_zeroed_before_step"
+    return _ev(f, "mechanism") in ("grads_zeroed_before_step", "step_before_backward")
 
 
 @_pred("a layer frozen (requires_grad=False) between trainable ones, or held by the optimizer")

@@ -109,6 +109,9 @@ def _summary(f: Finding) -> str:
     if c == "frozen-layer" and _ev(f, "mechanism") == "optimizer_over_other_model":
         return ("The optimizer holds none of this model's parameters (it was built over another instance), so "
                 "the model never updates; build the optimizer over model.parameters() of the model you train.")
+    if c == "frozen-layer" and _ev(f, "mechanism") == "step_before_backward":
+        return ("optimizer.step() runs before loss.backward(), so every step applies gradients already cleared "
+                "and nothing updates; call loss.backward() first, then optimizer.step().")
     if c == "frozen-layer" and _ev(f, "kind") == "not_in_optimizer":
         return ("Trainable parameters are in no optimizer, so they never update; build the optimizer after the "
                 "model exists, over model.parameters().")

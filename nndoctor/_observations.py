@@ -163,6 +163,9 @@ class StepRecord:
     loss: float | None = None
     # how many backpropagated losses ``loss`` adds up (micro-batches of one optimizer step)
     loss_terms: int = 0
+    # at the optimizer's step, a forward (with grad) had run since the last backward:
+    # step() called before loss.backward()
+    step_before_backward: bool | None = None
     training: bool | None = None
     backward_calls: int = 0
     # global gradient L2 norm, and the parameters whose gradient was non-finite (every step)

@@ -118,17 +118,29 @@ class FrozenLayer(Check):
         # Gradients that existed when backward() ended but were gone or zero when the
         # optimizer stepped: wiped in between, not a cut graph.
         wiped = [n for n in trainable if self._wiped(n, steps)]
-        if wiped:
+        flags = [r.step_before_backward for r in obs.steps if r.step_before_backward is not None]
+        if wiped and flags and sum(flags) > len(flags) / 2:
+            mods = _modules_of(obs, wiped)
+            yield self.finding(
+                f"optimizer.step() runs before loss.backward(): at each step the model has run its forward "
+                f"but not yet its backward, so the step applies gradients that zero_grad() already cleared "
+                f"and {listing(mods)} never update ({count(len(wiped), 'parameter tensor')}).",
+                severity=Severity.ERROR, where=mods[0], modules=mods, parameter_names=wiped[:50],
+                kind="grads_wiped", mechanism="step_before_backward",
+                fix="Order each iteration as optimizer.zero_grad(); loss = ...; loss.backward(); optimizer.step().",
+            )
+        elif wiped:
             mods = _modules_of(obs, wiped)
             yield self.finding(
                 f"The gradients of {listing(mods)} exist when backward() ends but are "
                 f"{'gone' if any(n in never_grad for n in wiped) else 'zero'} when the optimizer steps "
                 f"({count(len(wiped), 'parameter tensor')}): they are zeroed between loss.backward() and "
-                f"optimizer.step(), so nothing ever updates.",
+                f"optimizer.step() (a zero_grad() placed there, or optimizer.step() called before the "
+                f"forward and backward of its iteration), so nothing ever updates.",
                 severity=Severity.ERROR, where=mods[0], modules=mods, parameter_names=wiped[:50],
                 kind="grads_wiped", mechanism="grads_zeroed_before_step",
-                fix="Call optimizer.zero_grad() before loss.backward() (or right after optimizer.step()), "
-                    "never between backward() and step().",
+                fix="Order each iteration as optimizer.zero_grad(); loss = ...; loss.backward(); "
+                    "optimizer.step(): nothing may clear the gradients between backward() and step().",
             )
         # Modules never called are unused-parameter's business; here: called but cut.
         cut = [n for n in never_grad if n not in wiped and (not called or obs.module_of(n) in called)]

@@ -76,6 +76,7 @@ class Recorder:
         self._model_ref = weakref.ref(model)
         self._optimizers = [weakref.ref(o) for o in optimizers]
         self._others: list[weakref.ref] = []
+        self._forward_pending = False  # a forward with grad ran since the last backward
         self._loaders: dict[int, dict[str, Any]] = {}
         self._loss_fn = loss_fn
         self.schedule = schedule or Schedule()
@@ -351,6 +352,7 @@ class Recorder:
             self._emit("model_pre", True, cur, args, kwargs)
 
     def _root_post(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._forward_pending = self._forward_pending or torch.is_grad_enabled()
         cur = self.current
         if cur is not None and cur.sampled and torch.is_grad_enabled():
             self._emit("model_post", True, cur, module, args, output)
@@ -366,6 +368,7 @@ class Recorder:
 
     # -- backward (through the process-wide wrapper) ----------------------------------
     def before_backward(self, tensors: Any) -> None:
+        self._forward_pending = False
         try:
             cur = self._open_step()
             if cur is None:
@@ -463,6 +466,7 @@ class Recorder:
             self.obs.notes.append(f"observer failed at a step boundary: {exc!r}")
             return
         if cur is not None:
+            cur.step_before_backward = self._forward_pending
             self._emit("before_update", cur.sampled, cur)
 
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
