@@ -123,6 +123,10 @@ def _summary(f: Finding) -> str:
                 "param group and that the optimizer holds this model's parameters.")
     if c == "frozen-layer" and _ev(f, "kind") == "all_frozen":
         return "Every parameter has requires_grad=False, so nothing trains; unfreeze the parameters that must learn."
+    if c == "update-ratio" and _ev(f, "mechanism") == "weight_decay":
+        return (f"Weight decay ({_fmt(_ev(f, 'weight_decay'))}) removes {_fmt(_ev(f, 'decay_per_step'))} of the "
+                "weights every step, so the decay, not the gradient, drives them; lower weight_decay (5e-4 for "
+                "SGD, 0.01-0.1 with AdamW).")
     if c == "update-ratio" and _ev(f, "mechanism") == "clipped":
         return (f"Gradient clipping scales the gradients to {_fmt(_ev(f, 'clip_factor'))} of their norm before "
                 "every step, so the updates are too small to matter; raise clip_grad_norm_'s max_norm (or "

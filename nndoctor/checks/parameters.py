@@ -30,6 +30,7 @@ class UpdateRatio(Check):
     - Ratio too high: lower the learning rate (x0.1), add warm-up or gradient clipping.
     - Ratio too low: raise the learning rate (x10); check weight decay is not fighting the updates.
     - Clipped to nothing: raise `clip_grad_norm_`'s max_norm (1.0 is common) or remove the clipping.
+    - Decay-driven (weight decay alone accounts for half the update or more): lower `weight_decay`.
 
     ## Known false positives
     - Adam's first steps update every weight by about the learning rate, so tiny
@@ -133,6 +134,19 @@ class UpdateRatio(Check):
                     fix="Nothing to fix while the loss keeps falling; if it oscillates, lower the learning "
                         "rate or standardise the input features.")
                 return
+            decay = _decay_per_step(obs)
+            if decay is not None and decay[0] >= 0.5 * whole:
+                shrink, wd, lr = decay
+                yield self.finding(
+                    f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy), "
+                    f"and weight decay alone accounts for {fmt(shrink)} of it (weight_decay={fmt(wd)} at lr "
+                    f"{fmt(lr)}, momentum included): the decay, not the gradient, drives the weights, pulling "
+                    f"them to zero every step.",
+                    severity=sev, where=obs.params[worst].module, direction="high", mechanism="weight_decay",
+                    weight_decay=wd, decay_per_step=shrink, **evidence,
+                    fix="Lower weight_decay to the usual range (5e-4 for SGD on CNNs, 1e-4 to 1e-2 typically; "
+                        "0.01-0.1 with AdamW, whose decay is not multiplied by the gradient's scale).")
+                return
             yield self.finding(
                 f"Each update changes the weights by {fmt(overall)} of their norm ({when}; ~1e-3 is healthy); "
                 f"the most-changed tensor is `{worst}` ({fmt(moving[worst])} over all updates). "
@@ -158,6 +172,30 @@ class UpdateRatio(Check):
                 f"Each update changes the weights by only {fmt(overall)} of their norm (median; ~1e-3 "
                 f"is healthy): the learning rate is likely too low to make progress.",
                 severity=Severity.WARNING, where=obs.params[worst].module, direction="low", **evidence)
+
+
+def _decay_per_step(obs) -> tuple[float, float, float] | None:
+    """(share of the weights that weight decay removes per step, weight_decay, lr) of an
+    SGD or AdamW optimizer whose decay is >= 0.01: lr * wd for AdamW (decoupled),
+    lr * wd / (1 - momentum) for SGD (the decay term rides the momentum). None for other
+    optimizers (Adam's coupled L2 is rescaled by its second moment)."""
+    worst = None
+    for opt in obs.optimizers:
+        cls = opt.get("class")
+        for g in opt.get("groups", []):
+            wd, lr = g.get("weight_decay") or 0.0, g.get("lr")
+            if not isinstance(lr, (int, float)) or not isinstance(wd, (int, float)) or wd < 0.01:
+                continue
+            if cls == "SGD":
+                m = g.get("momentum") or 0.0
+                shrink = lr * wd / max(1.0 - m, 1e-3)
+            elif cls == "AdamW":
+                shrink = lr * wd
+            else:
+                continue
+            if worst is None or shrink > worst[0]:
+                worst = (shrink, float(wd), float(lr))
+    return worst
 
 
 def _clip_factor(obs) -> float | None:

@@ -191,8 +191,8 @@ def plan(ctx: ProbeContext, check: str, evidence: dict[str, Any] | None, inputs:
     if check == "weight-init":
         return Fix("weights re-initialised with PyTorch's default scheme", model=_reinit)
     if check in ("lr-sweep", "update-ratio"):
-        if ev.get("mechanism") == "clipped":
-            return None  # the script's clipping is not replayed on the copy: an LR change tells nothing
+        if ev.get("mechanism") in ("clipped", "weight_decay"):
+            return None  # not the LR's doing (clipping is not replayed on the copy; decay is its own knob)
         direction = _direction(check, ev)
         if direction == "high":
             return Fix("learning rate x0.1", optimizer=_lr(0.1), lr_scales=(0.1, 0.01, 0.001))
