@@ -313,10 +313,9 @@ _HEALTHY_UPDATE = (1e-4, 1e-1)
 _PAIRING_HINT = (
     "The weights move at a healthy rate (update/weight ratio within 1e-4..1e-1) on batches that change, "
     "yet the loss does not fall: the labels may not be paired with the inputs (inputs and labels shuffled "
-    "by two separate calls, two shuffled loaders zipped). Watching alone cannot tell; run the checkup next — "
-    "`doctor.checkup(batch)` in Python, or `nndoctor check` without `--no-experiments`: its pairing test "
-    "(random-input-loss) holds out the watched samples against a permuted-label control and tests "
-    "whether the labels are paired with the inputs."
+    "by two separate calls, two shuffled loaders zipped). The checkup's pairing test tells (random-input-loss, "
+    "run by `nndoctor check` and `doctor.checkup(batch)`): it holds out the watched samples against a "
+    "permuted-label control."
 )
 
 
