@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["derived_budget", "BudgetPlanner", "Sizing", "SIZINGS"]
 
@@ -65,6 +65,10 @@ SIZINGS: dict[str, Sizing] = {
     "lr_sweep": Sizing("sweep_steps", 3.0, 10),
     "lr_range": Sizing("range_iters", 1.0, 30),
     "random_input": Sizing("random_input_steps", 3.5, 10),  # 3 copies + held-out evaluations
+    # Mini-batches of up to 64 samples (the sweep's: 16) and a held-out evaluation every
+    # 20 steps; 40 steps give three points of the permutation test. The probe stops
+    # sooner once memorised or once the pairing is evident.
+    "pairing": Sizing("pairing_steps", 2.0, 40),
 }
 # Training steps of a copy a probe without a knob is expected to take (the room kept for
 # it): the overfit of a model that fits stops within a few dozen steps. One that does not
@@ -106,9 +110,18 @@ class BudgetPlanner:
     def left(self, now: float) -> float:
         return math.inf if self.budget is None else self.budget - (now - self.started)
 
-    def size(self, key: str, opts: dict[str, Any], still_to_run: list[str], now: float) -> dict[str, Any]:
+    def measured(self) -> bool:
+        return self.steps_done >= 3
+
+    def size(self, key: str, opts: dict[str, Any], still_to_run: list[str], now: float,
+             measure: "Callable[[], tuple[int, float]] | None" = None) -> dict[str, Any]:
         """``opts`` with ``key``'s knob cut to fit what is left of the budget after the
-        shortest runs of the probes in ``still_to_run`` (those after ``key``)."""
+        shortest runs of the probes in ``still_to_run`` (those after ``key``).
+
+        ``measure``: times a few training steps of a copy, ``(steps, seconds)``; called
+        when the first guess (the script's own step, with the Doctor's observers on every
+        layer, ~2.5x a copy's, and on the script's whole batch) would cut this probe:
+        a probe is cut on a measured cost only."""
         sizing = SIZINGS.get(key)
         unit = self.unit_seconds()
         if sizing is None or unit is None or unit <= 0 or self.budget is None:
@@ -116,6 +129,11 @@ class BudgetPlanner:
         nominal = int(opts[sizing.knob])
         reserve = sum(self._shortest(k, opts) for k in still_to_run) * unit
         affordable = (self.left(now) - reserve) / (sizing.per_step * unit)
+        if affordable < nominal and measure is not None and not self.measured():
+            steps, seconds = measure()
+            self.record(steps, seconds)
+            if self.measured():
+                return self.size(key, opts, still_to_run, now + seconds)
         if affordable >= nominal:
             return opts
         given = max(min(sizing.minimum, nominal), int(affordable) if math.isfinite(affordable) else nominal)
@@ -131,7 +149,8 @@ class BudgetPlanner:
 
     def notes(self) -> list[str]:
         """One line per probe that was shortened, for the report's notes."""
-        names = {"lr_sweep": "the LR sweep", "lr_range": "the LR range test", "random_input": "the random-input test"}
+        names = {"lr_sweep": "the LR sweep", "lr_range": "the LR range test", "random_input": "the random-input test",
+                 "pairing": "the label-pairing test"}
         unit = self.unit_seconds()
         cost = f" (one training step of a copy takes {unit:.2g} s)" if unit else ""
         return [f"{names.get(k, k)} ran {given} steps instead of {nominal} to fit the experiments' time budget "

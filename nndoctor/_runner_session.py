@@ -99,6 +99,7 @@ class _Session:
         # ended: the script's own cost of one training step, which sizes the experiments.
         self.first_forward_at: float | None = None
         self.step_marks: list[float] = []
+        self.step_mark_calls: list[int] = []  # the model's calls so far at each mark
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -227,6 +228,7 @@ class _Session:
         if done != self.last_reported_step:
             if done > max(0, self.last_reported_step):
                 self.step_marks.append(time.monotonic())
+                self.step_mark_calls.append(self.seen.model_calls)
             self.last_reported_step = done
             self.emit("step", step=done, total=self.steps)
         if done >= self.steps:
@@ -371,7 +373,7 @@ class _Session:
 
         if self.experiment_timeout is not None:
             return float(self.experiment_timeout) if self.experiment_timeout > 0 else None
-        return derived_budget(self.step_seconds)
+        return derived_budget(self.evaluation_seconds)
 
     @property
     def step_seconds(self) -> float | None:
@@ -386,6 +388,26 @@ class _Session:
         if marks and self.first_forward_at is not None:
             return max(0.0, marks[0] - self.first_forward_at)
         return None
+
+    @property
+    def evaluation_seconds(self) -> float | None:
+        """The script's wall time for one evaluation of the model (forward + backward), the
+        unit a probe step costs: the step time, divided, for a closure optimizer (LBFGS),
+        by the closure evaluations inside one step (the model's calls between two marks;
+        up to ``max_iter`` = 20). A probe's copy of LBFGS does one evaluation per step
+        (``probes.context``), so sizing it by the script's whole LBFGS step would give the
+        experiments 20 times the budget and the probes 20 times too few steps."""
+        step = self.step_seconds
+        if step is None:
+            return None
+        from .probes.context import needs_closure
+
+        optimizer = self.optimizer
+        calls = self.step_mark_calls
+        if optimizer is None or not needs_closure(optimizer) or len(calls) < 2:
+            return step
+        per_step = sorted(b - a for a, b in zip(calls, calls[1:]))
+        return step / max(1, per_step[len(per_step) // 2])
 
     @staticmethod
     def _optimizer_exists(model: nn.Module) -> bool:
