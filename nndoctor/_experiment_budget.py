@@ -10,11 +10,14 @@ time of its shortest useful run; never below that shortest run, which still answ
 question (a 10-step LR sweep separates x0.1 from x10; ruled by the check, not here).
 A probe is never cut short once started (the hard stop at twice the budget aside).
 
-The cost of one probe step is measured: from the probes already run (their seconds per
-training step of a copy, ``ProbeContext.train_steps``), else the cost of one step of the
-script itself (``step_seconds``, timed by the runner) as a conservative first guess: a
-probe step trains a sub-batch of at most the script's batch, without the Doctor's
-observers.
+The unit is one evaluation of a copy (forward + backward): a probe step is one, also
+for a closure optimizer, whose copy does one LBFGS iteration per step
+(``probes.context``). Its cost is measured: from the probes already run (their seconds
+per evaluation, ``ProbeContext.train_steps``), else the cost of one evaluation in the
+script itself (``step_seconds``: the runner's step time, divided by the closure
+evaluations in an LBFGS step) as a first guess. That guess is high (the Doctor's
+observers on every layer, ~2.5x, and the script's whole batch), so before it would cut a
+probe the planner times a few steps of a copy (``measure``) and sizes on that.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class Sizing:
     knob: str
     per_step: float
     minimum: int
+    # Whether the probes before it keep room for its shortest run. The pairing test does
+    # not get any: it often has too few distinct samples to run at all, and its verdict
+    # only adds to random-input-loss's, so it takes what is left when its turn comes.
+    reserved: bool = True
 
 
 SIZINGS: dict[str, Sizing] = {
@@ -68,7 +75,7 @@ SIZINGS: dict[str, Sizing] = {
     # Mini-batches of up to 64 samples (the sweep's: 16) and a held-out evaluation every
     # 20 steps; 40 steps give three points of the permutation test. The probe stops
     # sooner once memorised or once the pairing is evident.
-    "pairing": Sizing("pairing_steps", 2.0, 40),
+    "pairing": Sizing("pairing_steps", 2.0, 40, reserved=False),
 }
 # Training steps of a copy a probe without a knob is expected to take (the room kept for
 # it): the overfit of a model that fits stops within a few dozen steps. One that does not
@@ -145,6 +152,8 @@ class BudgetPlanner:
         sizing = SIZINGS.get(key)
         if sizing is None:
             return _FIXED_STEPS.get(key, 0.0)
+        if not sizing.reserved:
+            return 0.0
         return sizing.per_step * min(sizing.minimum, int(opts[sizing.knob]))
 
     def notes(self) -> list[str]:
