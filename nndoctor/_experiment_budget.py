@@ -130,8 +130,16 @@ class BudgetPlanner:
         layer, ~2.5x a copy's, and on the script's whole batch) would cut this probe:
         a probe is cut on a measured cost only."""
         sizing = SIZINGS.get(key)
+        if sizing is None or self.budget is None:
+            return opts
         unit = self.unit_seconds()
-        if sizing is None or unit is None or unit <= 0 or self.budget is None:
+        if (unit is None or unit <= 0) and measure is not None:
+            # No guess at all (the script's first step outlasted --timeout): time a copy.
+            steps, seconds = measure()
+            self.record(steps, seconds)
+            now += seconds
+            unit = self.unit_seconds() if self.measured() else None
+        if unit is None or unit <= 0:
             return opts
         nominal = int(opts[sizing.knob])
         reserve = sum(self._shortest(k, opts) for k in still_to_run) * unit

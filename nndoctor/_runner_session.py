@@ -404,9 +404,11 @@ class _Session:
 
         optimizer = self.optimizer
         calls = self.step_mark_calls
-        if optimizer is None or not needs_closure(optimizer) or len(calls) < 2:
+        if optimizer is None or not needs_closure(optimizer) or not calls:
             return step
-        per_step = sorted(b - a for a, b in zip(calls, calls[1:]))
+        # The calls in the steps step_seconds was measured on: after the first, or the
+        # first alone (its calls since the model's first one) when it is the only step.
+        per_step = sorted(b - a for a, b in zip(calls, calls[1:])) if len(calls) >= 2 else [calls[0]]
         return step / max(1, per_step[len(per_step) // 2])
 
     @staticmethod

@@ -105,6 +105,18 @@ def test_a_slow_lbfgs_model_runs_all_four_experiments_within_a_small_budget():
     assert report.experiments["lr_sweep"].steps == 25
 
 
+def test_without_any_step_time_the_planner_times_a_copy_before_sizing():
+    """A script whose first step outlasted --timeout gives no step time: the first probe
+    is still sized, on a copy's timed steps, not run at full length on no estimate."""
+    from nndoctor._experiment_budget import BudgetPlanner
+    from nndoctor._experiments import DEFAULT_OPTIONS
+
+    p = BudgetPlanner(60.0, started=0.0, step_seconds=None)
+    sized = p.size("lr_sweep", dict(DEFAULT_OPTIONS), ["overfit"], now=0.0, measure=lambda: (3, 6.0))
+    assert p.unit_seconds() == pytest.approx(2.0)
+    assert sized["sweep_steps"] == 10  # (60 - 6 - 60 x 2) / 6 < 10: its shortest run
+
+
 def test_closure_scripts_budget_by_evaluation_not_by_lbfgs_step():
     s = _Session(Path("x.py"), "x.py", steps=5, timeout=1, doctor_kwargs={}, on_event=None)
     s.model = nn.Linear(2, 1)
@@ -115,6 +127,9 @@ def test_closure_scripts_budget_by_evaluation_not_by_lbfgs_step():
     s.optimizers = [torch.optim.LBFGS(s.model.parameters(), lr=0.1)]
     assert s.evaluation_seconds == pytest.approx(0.1)
     assert s.step_seconds == pytest.approx(2.0)  # the script's own step is still reported
+    # One step watched (a slow script stopped by --timeout): its calls since the first.
+    s.step_marks, s.step_mark_calls = [50.0], [21]
+    assert s.evaluation_seconds == pytest.approx(50.0 / 21)
 
 
 # --------------------------------------------------------------- the LR sweep's x10 trial
