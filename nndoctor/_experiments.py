@@ -357,7 +357,7 @@ def _time_copy_steps(ctx: ProbeContext, n_samples: int, steps: int = 3) -> tuple
 def _x10_unneeded(check: Check, record: Any) -> str | None:
     """Why the LR sweep's x10 trial cannot change the `lr-sweep` verdict, read by the
     check itself from the x0.1 and x1 trials (None: it can). The check looks at x10 only
-    when x0.1 is not clearly better and x1 neither stalled nor diverged; the range
+    when x0.1 is not clearly better and x1 has stalled without diverging; the range
     test's blow-up point (not known yet) can only silence x10 further."""
     import types
 
