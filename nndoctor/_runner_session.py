@@ -100,6 +100,7 @@ class _Session:
         self.first_forward_at: float | None = None
         self.step_marks: list[float] = []
         self.step_mark_calls: list[int] = []  # the model's calls so far at each mark
+        self.last_call_at: float | None = None  # when the model's latest call began
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -255,6 +256,7 @@ class _Session:
         if self.doctor is not None:
             if module is self.model:
                 seen.model_calls += 1
+                self.last_call_at = time.monotonic()
                 self._maybe_stop()
             else:
                 self._check_deadline()
@@ -399,6 +401,11 @@ class _Session:
         experiments 20 times the budget and the probes 20 times too few steps."""
         step = self.step_seconds
         if step is None:
+            # No step finished (an LBFGS step that outlasted --timeout): the time between
+            # the model's first and latest calls, per call, is still one evaluation's cost.
+            calls, first, last = self.seen.model_calls, self.first_forward_at, self.last_call_at
+            if calls >= 2 and first is not None and last is not None and last > first:
+                return (last - first) / (calls - 1)
             return None
         from .probes.context import needs_closure
 

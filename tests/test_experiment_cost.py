@@ -130,6 +130,11 @@ def test_closure_scripts_budget_by_evaluation_not_by_lbfgs_step():
     # One step watched (a slow script stopped by --timeout): its calls since the first.
     s.step_marks, s.step_mark_calls = [50.0], [21]
     assert s.evaluation_seconds == pytest.approx(50.0 / 21)
+    # No step finished before --timeout: the model's calls so far tell an evaluation's cost.
+    s.step_marks, s.step_mark_calls = [], []
+    s.seen.model_calls, s.last_call_at = 13, 60.0
+    assert s.step_seconds is None and s.evaluation_seconds == pytest.approx(5.0)
+    assert s.experiment_budget == 300.0  # not the 120 s of "unknown"
 
 
 # --------------------------------------------------------------- the LR sweep's x10 trial
