@@ -121,14 +121,16 @@ class BudgetPlanner:
         return self.steps_done >= 3
 
     def size(self, key: str, opts: dict[str, Any], still_to_run: list[str], now: float,
-             measure: "Callable[[], tuple[int, float]] | None" = None) -> dict[str, Any]:
+             measure: "Callable[[], tuple[int, float]] | None" = None) -> "dict[str, Any] | None":
         """``opts`` with ``key``'s knob cut to fit what is left of the budget after the
         shortest runs of the probes in ``still_to_run`` (those after ``key``).
 
         ``measure``: times a few training steps of a copy, ``(steps, seconds)``; called
         when the first guess (the script's own step, with the Doctor's observers on every
         layer, ~2.5x a copy's, and on the script's whole batch) would cut this probe:
-        a probe is cut on a measured cost only."""
+        a probe is cut on a measured cost only. None: a probe no room was kept for
+        (``Sizing.reserved`` False) cannot afford its shortest run: skip it, so that it
+        does not take the time of the probes after it."""
         sizing = SIZINGS.get(key)
         if sizing is None or self.budget is None:
             return opts
@@ -151,6 +153,8 @@ class BudgetPlanner:
                 return self.size(key, opts, still_to_run, now + seconds)
         if affordable >= nominal:
             return opts
+        if not sizing.reserved and affordable < min(sizing.minimum, nominal):
+            return None  # no room was kept for it, and its shortest run no longer fits
         given = max(min(sizing.minimum, nominal), int(affordable) if math.isfinite(affordable) else nominal)
         self.resized[key] = (nominal, given)
         return {**opts, sizing.knob: given}

@@ -186,6 +186,11 @@ def run_checkup(
             served = served or key != "init"
             sized = planner.size(key, opts, [k for k, _ in probes[i + 1:]], now,
                                  measure=lambda: _time_copy_steps(ctx, int(opts["sweep_samples"])))
+            if sized is None:
+                obs.experiments[key] = ProbeSkipped(
+                    f"the experiments' time budget ({budget:g} s) left too little for this one after the "
+                    f"experiments before it; raise it (nndoctor check --timeout, or time_budget=...)")
+                continue
             torch.manual_seed(ctx.seed)
             steps_before = ctx.train_steps
             try:

@@ -117,6 +117,20 @@ def test_without_any_step_time_the_planner_times_a_copy_before_sizing():
     assert sized["sweep_steps"] == 10  # (60 - 6 - 60 x 2) / 6 < 10: its shortest run
 
 
+def test_the_pairing_test_is_skipped_rather_than_starve_the_gradient_check():
+    """No room is kept for the pairing test; when its shortest run no longer fits, it is
+    skipped, not run at its minimum over the time of the gradient check after it."""
+    from nndoctor._experiment_budget import BudgetPlanner
+    from nndoctor._experiments import DEFAULT_OPTIONS
+
+    p = BudgetPlanner(100.0, started=0.0, step_seconds=1.0)
+    p.record(3, 3.0)
+    opts = dict(DEFAULT_OPTIONS)
+    assert p.size("pairing", opts, ["gradcheck"], now=80.0) is None  # 20 s - 10 kept: < 2 x 40 steps
+    assert p.size("pairing", opts, ["gradcheck"], now=0.0)["pairing_steps"] == 45  # (100 - 10) / 2
+    assert p.size("lr_range", opts, ["gradcheck"], now=99.0)["range_iters"] == 30  # reserved: its shortest
+
+
 def test_closure_scripts_budget_by_evaluation_not_by_lbfgs_step():
     s = _Session(Path("x.py"), "x.py", steps=5, timeout=1, doctor_kwargs={}, on_event=None)
     s.model = nn.Linear(2, 1)
