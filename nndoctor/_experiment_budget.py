@@ -10,18 +10,21 @@ time of its shortest useful run; never below that shortest run, which still answ
 question (a 10-step LR sweep separates x0.1 from x10; ruled by the check, not here).
 A probe is never cut short once started (the hard stop at twice the budget aside).
 
-The cost of one probe step is measured: from the probes already run (their seconds per
-training step of a copy, ``ProbeContext.train_steps``), else the cost of one step of the
-script itself (``step_seconds``, timed by the runner) as a conservative first guess: a
-probe step trains a sub-batch of at most the script's batch, without the Doctor's
-observers.
+The unit is one evaluation of a copy (forward + backward): a probe step is one, also
+for a closure optimizer, whose copy does one LBFGS iteration per step
+(``probes.context``). Its cost is measured: from the probes already run (their seconds
+per evaluation, ``ProbeContext.train_steps``), else the cost of one evaluation in the
+script itself (``step_seconds``: the runner's step time, divided by the closure
+evaluations in an LBFGS step) as a first guess. That guess is high (the Doctor's
+observers on every layer, ~2.5x, and the script's whole batch), so before it would cut a
+probe the planner times a few steps of a copy (``measure``) and sizes on that.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["derived_budget", "BudgetPlanner", "Sizing", "SIZINGS"]
 
@@ -59,12 +62,20 @@ class Sizing:
     knob: str
     per_step: float
     minimum: int
+    # Whether the probes before it keep room for its shortest run. The pairing test does
+    # not get any: it often has too few distinct samples to run at all, and its verdict
+    # only adds to random-input-loss's, so it takes what is left when its turn comes.
+    reserved: bool = True
 
 
 SIZINGS: dict[str, Sizing] = {
     "lr_sweep": Sizing("sweep_steps", 3.0, 10),
     "lr_range": Sizing("range_iters", 1.0, 30),
     "random_input": Sizing("random_input_steps", 3.5, 10),  # 3 copies + held-out evaluations
+    # Mini-batches of up to 64 samples (the sweep's: 16) and a held-out evaluation every
+    # 20 steps; 40 steps give three points of the permutation test. The probe stops
+    # sooner once memorised or once the pairing is evident.
+    "pairing": Sizing("pairing_steps", 2.0, 40, reserved=False),
 }
 # Training steps of a copy a probe without a knob is expected to take (the room kept for
 # it): the overfit of a model that fits stops within a few dozen steps. One that does not
@@ -106,18 +117,44 @@ class BudgetPlanner:
     def left(self, now: float) -> float:
         return math.inf if self.budget is None else self.budget - (now - self.started)
 
-    def size(self, key: str, opts: dict[str, Any], still_to_run: list[str], now: float) -> dict[str, Any]:
+    def measured(self) -> bool:
+        return self.steps_done >= 3
+
+    def size(self, key: str, opts: dict[str, Any], still_to_run: list[str], now: float,
+             measure: "Callable[[], tuple[int, float]] | None" = None) -> "dict[str, Any] | None":
         """``opts`` with ``key``'s knob cut to fit what is left of the budget after the
-        shortest runs of the probes in ``still_to_run`` (those after ``key``)."""
+        shortest runs of the probes in ``still_to_run`` (those after ``key``).
+
+        ``measure``: times a few training steps of a copy, ``(steps, seconds)``; called
+        when the first guess (the script's own step, with the Doctor's observers on every
+        layer, ~2.5x a copy's, and on the script's whole batch) would cut this probe:
+        a probe is cut on a measured cost only. None: a probe no room was kept for
+        (``Sizing.reserved`` False) cannot afford its shortest run: skip it, so that it
+        does not take the time of the probes after it."""
         sizing = SIZINGS.get(key)
+        if sizing is None or self.budget is None:
+            return opts
         unit = self.unit_seconds()
-        if sizing is None or unit is None or unit <= 0 or self.budget is None:
+        if (unit is None or unit <= 0) and measure is not None:
+            # No guess at all (the script's first step outlasted --timeout): time a copy.
+            steps, seconds = measure()
+            self.record(steps, seconds)
+            now += seconds
+            unit = self.unit_seconds() if self.measured() else None
+        if unit is None or unit <= 0:
             return opts
         nominal = int(opts[sizing.knob])
         reserve = sum(self._shortest(k, opts) for k in still_to_run) * unit
         affordable = (self.left(now) - reserve) / (sizing.per_step * unit)
+        if affordable < nominal and measure is not None and not self.measured():
+            steps, seconds = measure()
+            self.record(steps, seconds)
+            if self.measured():
+                return self.size(key, opts, still_to_run, now + seconds)
         if affordable >= nominal:
             return opts
+        if not sizing.reserved and affordable < min(sizing.minimum, nominal):
+            return None  # no room was kept for it, and its shortest run no longer fits
         given = max(min(sizing.minimum, nominal), int(affordable) if math.isfinite(affordable) else nominal)
         self.resized[key] = (nominal, given)
         return {**opts, sizing.knob: given}
@@ -127,11 +164,14 @@ class BudgetPlanner:
         sizing = SIZINGS.get(key)
         if sizing is None:
             return _FIXED_STEPS.get(key, 0.0)
+        if not sizing.reserved:
+            return 0.0
         return sizing.per_step * min(sizing.minimum, int(opts[sizing.knob]))
 
     def notes(self) -> list[str]:
         """One line per probe that was shortened, for the report's notes."""
-        names = {"lr_sweep": "the LR sweep", "lr_range": "the LR range test", "random_input": "the random-input test"}
+        names = {"lr_sweep": "the LR sweep", "lr_range": "the LR range test", "random_input": "the random-input test",
+                 "pairing": "the label-pairing test"}
         unit = self.unit_seconds()
         cost = f" (one training step of a copy takes {unit:.2g} s)" if unit else ""
         return [f"{names.get(k, k)} ran {given} steps instead of {nominal} to fit the experiments' time budget "

@@ -21,6 +21,7 @@ gradient check     ``gradcheck``       ``gradient-check``
 
 from __future__ import annotations
 
+import math
 import time
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from ._report import Finding, Report
 from .checks._base import Check
 from .checks.experiments import GradientCheck, LrSweep, OverfitTinyBatch, RandomInputLoss
 from .probes import ProbeContext, ProbeSkip, gradcheck, init_loss, interventions, isolated, lr_sweep, overfit, pairing, random_input
+from .probes.context import train_curve
 from .probes.lr_sweep import lr_suggestions
 
 __all__ = ["run_checkup", "EXPERIMENT_IDS", "DEFAULT_OPTIONS", "lr_suggestions"]
@@ -182,7 +184,13 @@ def run_checkup(
                 )
                 continue
             served = served or key != "init"
-            sized = planner.size(key, opts, [k for k, _ in probes[i + 1:]], now)
+            sized = planner.size(key, opts, [k for k, _ in probes[i + 1:]], now,
+                                 measure=lambda: _time_copy_steps(ctx, int(opts["sweep_samples"])))
+            if sized is None:
+                obs.experiments[key] = ProbeSkipped(
+                    f"the experiments' time budget ({budget:g} s) left too little for this one after the "
+                    f"experiments before it; raise it (nndoctor check --timeout, or time_budget=...)")
+                continue
             torch.manual_seed(ctx.seed)
             steps_before = ctx.train_steps
             try:
@@ -207,6 +215,7 @@ def run_checkup(
     report.checks_skipped.extend(verdict.skipped)
     report.notes.extend(verdict.notes)
     report.notes.extend(planner.notes())
+    report.notes.extend(ctx.notes)
     report.sort()
     if int(opts["interventions"]) > 0 and OverfitTinyBatch.id in checks:
         _confirm(report, ctx, checks[OverfitTinyBatch.id], obs, opts, prior_findings, model,
@@ -291,9 +300,11 @@ def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeC
     probes: list[tuple[str, Probe]] = []
     if CHANCE_ID in checks:
         probes.append(("init", lambda ctx, o: init_loss.measure(ctx)))
-    if LrSweep.id in checks:
+    sweep = checks.get(LrSweep.id)
+    if sweep is not None:
         probes.append(("lr_sweep", lambda ctx, o: lr_sweep.measure_sweep(
             ctx, n_samples=int(o["sweep_samples"]), steps=int(o["sweep_steps"]),
+            x10_unneeded=lambda record: _x10_unneeded(sweep, record),
         )))
     fit = checks.get(OverfitTinyBatch.id)
     if fit is not None:
@@ -325,6 +336,53 @@ def _probes(checks: dict[str, Check | None]) -> list[tuple[str, Callable[[ProbeC
             rtol=float(grad.gradcheck_rtol), localize_above=float(grad.max_relative_error),
         )))
     return probes
+
+
+def _time_copy_steps(ctx: ProbeContext, n_samples: int, steps: int = 3) -> tuple[int, float]:
+    """(evaluations, seconds) of ``steps`` training steps of a copy on the LR sweep's
+    samples: the measured cost of a probe step, for the budget to size the probes with
+    when the script's own step (observed, whole batch) is all it has. (0, 0.0) when the
+    copy cannot train (the probes will say why)."""
+    started, before = time.monotonic(), ctx.train_steps
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.seed)
+            clone = ctx.copy_model()
+            opt = ctx.make_optimizer(clone)
+            inputs, targets = ctx.take(0, min(n_samples, ctx.batch_size))
+            train_curve(ctx, clone, opt, inputs, targets, steps)
+    except ProbeSkip:
+        return 0, 0.0  # the probes will say why
+    except Exception as exc:  # (strict mode: raise)
+        internal_error("timing a copy's training step", exc)
+        return 0, 0.0
+    return ctx.train_steps - before, time.monotonic() - started
+
+
+def _x10_unneeded(check: Check, record: Any) -> str | None:
+    """Why the LR sweep's x10 trial cannot change the `lr-sweep` verdict, read by the
+    check itself from the x0.1 and x1 trials (None: it can). The check looks at x10 only
+    when x0.1 is not clearly better and x1 has stalled without diverging; the range
+    test's blow-up point (not known yet) can only silence x10 further."""
+    import types
+
+    from .checks._base import Skip
+
+    try:
+        findings = list(check.evaluate(types.SimpleNamespace(experiments={"lr_sweep": record})))
+    except Skip:
+        return None
+    except Exception:
+        return None  # run the trial: the check will meet (and report) the same problem
+    if any((f.evidence or {}).get("better") == "x0.1" for f in findings):
+        return "LR x0.1 already trains clearly better than yours"
+    progress = check.trial_stats(record.trials["1"].losses or [])[0]
+    if math.isfinite(progress) and progress >= float(check.stalled_progress):
+        return (f"your LR already removes {progress:.0%} of the starting loss, and x10 is judged only "
+                f"when x1 stalls (< {float(check.stalled_progress):.0%})")
+    if not math.isfinite(progress) or progress < -0.5:
+        return "your LR already diverges, so x10 cannot be the better one"
+    return None
 
 
 def _build_checks(

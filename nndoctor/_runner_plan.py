@@ -124,7 +124,7 @@ def _run_experiments(
     with torch.enable_grad(), _weights_at_start(doctor.model, session):
         checkup = doctor.checkup(
             plan.batch, loss_fn=plan.loss_fn, optimizer=optimizer, model=plan.model,
-            ignore=ignore_ids, time_budget=session.experiment_budget, step_seconds=session.step_seconds,
+            ignore=ignore_ids, time_budget=session.experiment_budget, step_seconds=session.evaluation_seconds,
         )
     if stand_in:
         checkup = _as_stand_in(checkup)

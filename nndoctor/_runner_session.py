@@ -99,6 +99,8 @@ class _Session:
         # ended: the script's own cost of one training step, which sizes the experiments.
         self.first_forward_at: float | None = None
         self.step_marks: list[float] = []
+        self.step_mark_calls: list[int] = []  # the model's calls so far at each mark
+        self.last_call_at: float | None = None  # when the model's latest call began
 
     # -- events ------------------------------------------------------------------------
     def emit(self, kind: str, **info: Any) -> None:
@@ -227,6 +229,7 @@ class _Session:
         if done != self.last_reported_step:
             if done > max(0, self.last_reported_step):
                 self.step_marks.append(time.monotonic())
+                self.step_mark_calls.append(self.seen.model_calls)
             self.last_reported_step = done
             self.emit("step", step=done, total=self.steps)
         if done >= self.steps:
@@ -253,6 +256,7 @@ class _Session:
         if self.doctor is not None:
             if module is self.model:
                 seen.model_calls += 1
+                self.last_call_at = time.monotonic()
                 self._maybe_stop()
             else:
                 self._check_deadline()
@@ -371,7 +375,7 @@ class _Session:
 
         if self.experiment_timeout is not None:
             return float(self.experiment_timeout) if self.experiment_timeout > 0 else None
-        return derived_budget(self.step_seconds)
+        return derived_budget(self.evaluation_seconds)
 
     @property
     def step_seconds(self) -> float | None:
@@ -386,6 +390,33 @@ class _Session:
         if marks and self.first_forward_at is not None:
             return max(0.0, marks[0] - self.first_forward_at)
         return None
+
+    @property
+    def evaluation_seconds(self) -> float | None:
+        """The script's wall time for one evaluation of the model (forward + backward), the
+        unit a probe step costs: the step time, divided, for a closure optimizer (LBFGS),
+        by the closure evaluations inside one step (the model's calls between two marks;
+        up to ``max_iter`` = 20). A probe's copy of LBFGS does one evaluation per step
+        (``probes.context``), so sizing it by the script's whole LBFGS step would give the
+        experiments 20 times the budget and the probes 20 times too few steps."""
+        step = self.step_seconds
+        if step is None:
+            # No step finished (an LBFGS step that outlasted --timeout): the time between
+            # the model's first and latest calls, per call, is still one evaluation's cost.
+            calls, first, last = self.seen.model_calls, self.first_forward_at, self.last_call_at
+            if calls >= 2 and first is not None and last is not None and last > first:
+                return (last - first) / (calls - 1)
+            return None
+        from .probes.context import needs_closure
+
+        optimizer = self.optimizer
+        calls = self.step_mark_calls
+        if optimizer is None or not needs_closure(optimizer) or not calls:
+            return step
+        # The calls in the steps step_seconds was measured on: after the first, or the
+        # first alone (its calls since the model's first one) when it is the only step.
+        per_step = sorted(b - a for a, b in zip(calls, calls[1:])) if len(calls) >= 2 else [calls[0]]
+        return step / max(1, per_step[len(per_step) // 2])
 
     @staticmethod
     def _optimizer_exists(model: nn.Module) -> bool:

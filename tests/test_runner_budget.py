@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def blobs(n=32, seed=0):
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+class Slow(nn.Module):
+    """An MLP whose forward takes at least ``seconds``: a step cost the planner measures
+    on the copy, whatever the machine's load (which only makes it slower)."""
+
+    def __init__(self, seconds=0.02):
+        super().__init__()
+        self.net, self.seconds = mlp(), seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.net(x)
 
 
 # --------------------------------------------------------------- the derived budget
@@ -89,19 +103,45 @@ def test_planner_uses_the_probes_measured_step_cost_once_known():
     assert p.size("lr_sweep", dict(DEFAULT_OPTIONS), ["lr_range"], now=10.0)["sweep_steps"] == 25
 
 
+def test_planner_times_a_copy_before_cutting_a_probe_on_its_first_guess():
+    # The script's step "took" 1 s (observers on every layer, the whole batch): a sweep
+    # would be cut to 11 steps on that guess. A copy's steps, timed, cost 10 ms: whole.
+    p = BudgetPlanner(100.0, started=0.0, step_seconds=1.0)
+    timed = []
+    sized = p.size("lr_sweep", dict(DEFAULT_OPTIONS), ["lr_range", "random_input"], now=0.0,
+                   measure=lambda: timed.append(1) or (3, 0.03))
+    assert sized["sweep_steps"] == 25 and timed == [1] and p.notes() == []
+    # Measured once: the next probe is sized on that, without timing again.
+    p.size("lr_range", dict(DEFAULT_OPTIONS), [], now=1.0, measure=lambda: timed.append(1) or (3, 0.03))
+    assert timed == [1]
+    # A copy as slow as the guess: the cut stands.
+    q = BudgetPlanner(100.0, started=0.0, step_seconds=1.0)
+    cut = q.size("lr_sweep", dict(DEFAULT_OPTIONS), ["lr_range", "random_input"], now=0.0, measure=lambda: (3, 3.0))
+    assert cut["sweep_steps"] < 25
+
+
 def test_a_short_budget_shortens_the_lr_sweep_instead_of_dropping_it():
     x, y = blobs()
-    model = mlp()
-    # One step of the script "took" 1 s and the budget is 30 s: at that cost a full sweep
-    # (3 x 25 steps) does not fit, its shortest useful run is given instead.
+    model = Slow(0.02)
+    # A copy's step takes >= 20 ms and the budget is 0.5 s: a full sweep (3 x 25 steps,
+    # >= 1.5 s) does not fit, its shortest useful run is given instead.
     report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                         select="lr-sweep", time_budget=30.0, step_seconds=1.0)
+                         select="lr-sweep", time_budget=0.5, step_seconds=1.0)
     sweep = report.experiments["lr_sweep"]
     assert sweep.steps == SIZINGS["lr_sweep"].minimum
     assert all(len(t.losses) == sweep.steps + 1 for t in sweep.trials.values())
     assert "lr-sweep" in report.checks_run
     assert any("LR sweep ran 10 steps instead of 25" in n for n in report.notes)
-    # the range test after it is sized by the sweep's measured (tiny) step cost: whole
+
+
+def test_a_measured_fast_copy_keeps_its_whole_sweep_despite_a_slow_first_guess():
+    x, y = blobs()
+    model = mlp()
+    # The script's step "took" 1 s, but a copy's takes ~1 ms: timed, the sweep is whole.
+    report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                         select="lr-sweep", time_budget=30.0, step_seconds=1.0)
+    assert report.experiments["lr_sweep"].steps == 25
+    assert not any("instead of" in n for n in report.notes)
     assert len(report.experiments["lr_range"].lrs) > 30
 
 
@@ -117,12 +157,13 @@ def test_lr_sweep_is_served_before_every_other_experiment():
 
 
 def test_a_slow_model_gets_a_short_sweep_and_still_its_overfit():
-    # 1 s a step and 80 s: the sweep keeps room for the overfit (60 steps), so it runs
-    # (80 - 60) / 3 = 6 -> its shortest, 10 steps; the overfit then starts within the budget.
+    # >= 20 ms a step and 1.5 s: the sweep keeps room for the overfit (60 steps, >= 1.2 s),
+    # so it runs <= (1.5 - 1.2) / 3 / 0.02 = 5 -> its shortest, 10 steps (>= 0.6 s); the
+    # overfit then starts within the budget.
     x, y = blobs()
-    model = mlp()
+    model = Slow(0.02)
     report = run_checkup(model, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                         select="overfit-tiny-batch,lr-sweep", time_budget=80.0, step_seconds=1.0)
+                         select="overfit-tiny-batch,lr-sweep", time_budget=1.5, step_seconds=1.0)
     assert report.experiments["lr_sweep"].steps == SIZINGS["lr_sweep"].minimum
     assert {"lr-sweep", "overfit-tiny-batch"} <= set(report.checks_run)
 

@@ -222,12 +222,26 @@ class ProbeContext:
         return clone
 
     _isolation_problem: str | None = None
+
+    @functools.cached_property
+    def notes(self) -> list[str]:
+        """Lines for the report's notes (what a probe left out, and why)."""
+        return []
+
+    @functools.cached_property
+    def full_overfit_runs(self) -> dict[tuple[int, int], tuple[list[float], str]]:
+        """(samples, steps) -> (losses, optimizer name) of the overfit probe's run with the
+        user's optimizer when it trained all its steps (it did not fit): an intervention's
+        unfixed run is that same run and reuses it (on a 44M-parameter Transformer, 100
+        Adam steps saved)."""
+        return {}
     # When the probes' training must stop (time.monotonic()): a probe is let finish past
     # the experiments' budget, but not without bound (an LBFGS step of a slow model can
     # take seconds; a hundred of them, minutes). None: no limit.
     deadline: float | None = None
-    # Optimizer steps taken on copies so far (every probe's): with the time they took,
-    # the measured cost of a probe step that sizes the probes still to run.
+    # Evaluations (forward + backward) of copies so far, every probe's: one per optimizer
+    # step, or per closure call of LBFGS; with the time they took, the measured cost of a
+    # probe step that sizes the probes still to run.
     train_steps: int = 0
 
     def check_deadline(self) -> None:
@@ -319,6 +333,8 @@ class ProbeContext:
             defaults["lr"] = lr
         elif "lr" in defaults:
             defaults["lr"] = float(defaults["lr"]) * lr_scale
+        if _step_needs_closure(kind):
+            _one_iteration_per_step(groups, defaults)
         for attempt in (lambda: kind(groups, **defaults), lambda: kind(groups)):
             try:
                 return attempt()
@@ -374,8 +390,29 @@ def train_curve(
         if not math.isfinite(value) or step == steps or (stop is not None and stop(losses, accs)):
             break
         loss.backward()
-        optimizer_step(ctx, clone, opt, inputs, targets)
+        optimizer_step(ctx, clone, opt, inputs, targets, loss)
     return losses, accs
+
+
+def _one_iteration_per_step(groups: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
+    """A closure optimizer's copy (LBFGS) does one iteration per ``step`` call
+    (``max_iter=1``, ``max_eval`` scaled alike), so that a probe step is one evaluation of
+    the model, like any other optimizer's: a probe sized in steps (the LR sweep's 25, the
+    overfit's 100) then costs what it costs for SGD, not up to ``max_iter`` (20) times
+    more (pytorch/examples' time_sequence_prediction: one LBFGS step of a copy, 18 s).
+    LBFGS keeps its curvature pairs, the step count and the previous loss in its state
+    between calls, and evaluates the closure first in each call where the previous
+    iteration would have re-evaluated it, so N calls of one iteration walk the same
+    points as one call of N iterations; only the in-step stopping tests (tolerances)
+    end a call instead of the run."""
+    for entry in (*groups, defaults):
+        max_iter = entry.get("max_iter")
+        if not isinstance(max_iter, int) or max_iter <= 1:
+            continue
+        max_eval = entry.get("max_eval")
+        entry["max_iter"] = 1
+        if isinstance(max_eval, int):
+            entry["max_eval"] = max(1, max_eval // max_iter)
 
 
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
@@ -396,17 +433,29 @@ def _step_needs_closure(kind: type) -> bool:
 
 
 def optimizer_step(ctx: ProbeContext, clone: nn.Module, opt: torch.optim.Optimizer, inputs: Any,
-                   targets: Any) -> None:
+                   targets: Any, loss: torch.Tensor | None = None) -> None:
     """``opt.step()``, or for a closure optimizer (LBFGS) ``opt.step(closure)`` with a
     closure that re-evaluates the loss on the same batch: one call is one optimizer step
-    (LBFGS may evaluate the closure several times inside it)."""
+    (LBFGS may evaluate the closure several times inside it). ``loss``: the loss the
+    caller has just computed and back-propagated at the current weights; the closure's
+    first evaluation returns it instead of computing it again (the gradients are already
+    in place), which halves the cost of a one-iteration LBFGS step.
+
+    ``ctx.train_steps`` counts evaluations of the model (forward + backward), the unit
+    the experiments' budget sizes the probes in: one per step, or each closure call."""
     ctx.check_deadline()
-    ctx.train_steps += 1
     if not needs_closure(opt):
+        ctx.train_steps += 1
         opt.step()
         return
+    ready = [loss]
 
     def closure() -> torch.Tensor:
+        ctx.train_steps += 1
+        if ready[0] is not None:
+            value, ready[0] = ready[0], None
+            return value
+        ctx.check_deadline()
         opt.zero_grad(set_to_none=True)
         value = ctx.loss(call(clone, inputs), targets)
         value.backward()

@@ -226,9 +226,18 @@ def _fit(
         if not math.isfinite(value) or step == steps or reached(losses, accs):
             break
         value_t.backward()
+        ctx.check_deadline()
+        ctx.train_steps += 1
         if needs_closure(opt):  # LBFGS: one step re-evaluates the same (replaced) loss
+            ready = [value_t]  # its first evaluation is the one just back-propagated
+
             def closure() -> torch.Tensor:
-                opt.zero_grad(set_to_none=True)
+                if ready[0] is not None:
+                    value, ready[0] = ready[0], None
+                    return value
+                ctx.train_steps += 1
+                if zero_grad:
+                    opt.zero_grad(set_to_none=True)
                 out = call(clone, inputs)
                 value = loss(ctx, out, targets) if loss is not None else ctx.loss(out, targets)
                 value.backward()
@@ -264,6 +273,12 @@ def measure(
     floor, _ = loss_floor(ctx, inputs, targets)
 
     def run(fixed: bool, optimizer: Any = None, adam: bool = False) -> OverfitCurve:
+        done = ctx.full_overfit_runs.get((n, steps))
+        if not fixed and optimizer is None and not adam and fix.before_zero_grad and done is not None:
+            # The overfit probe trained this very run (same copy, seed, samples, optimizer
+            # and steps, every step zeroing the gradients): its curve, not a second run.
+            return OverfitCurve(optimizer=done[1], is_user=ctx.user_optimizer is not None,
+                                losses=list(done[0]), accuracies=None)
         torch.manual_seed(ctx.seed)
         clone = ctx.copy_model(dropout_off=True)
         if fixed and fix.model is not None:

@@ -4,7 +4,7 @@ fastai's estimators of a good LR."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,17 +15,32 @@ from .context import ProbeContext, call, optimizer_step, train_curve
 __all__ = ["measure_sweep", "measure_range", "lr_suggestions"]
 
 
-def measure_sweep(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 25) -> LrSweepRun:
+def measure_sweep(ctx: ProbeContext, *, n_samples: int = 16, steps: int = 25,
+                  x10_unneeded: Callable[[LrSweepRun], str | None] | None = None) -> LrSweepRun:
+    """The x1 and x0.1 trials, then x10 unless ``x10_unneeded`` (the check's own reading
+    of the first two) gives a reason it cannot change the verdict: x0.1 already trains
+    clearly better, or x1 already trains (only a stalled x1 makes x10 evidence). Each
+    trial starts from the same copy and seed, so the order changes no curve. The reason
+    goes to ``ctx.notes``."""
     n = min(int(n_samples), ctx.batch_size)
     inputs, targets = ctx.take(0, n)
     steps = int(steps)
     record = LrSweepRun(base_lr=ctx.base_lr, optimizer=ctx.optimizer_type, steps=steps, n_samples=n)
-    for label, scale in (("0.1", 0.1), ("1", 1.0), ("10", 10.0)):
+    trials: dict[str, LrTrial] = {}
+    for label, scale in (("1", 1.0), ("0.1", 0.1), ("10", 10.0)):
+        if label == "10" and x10_unneeded is not None:
+            record.trials = {k: trials[k] for k in ("0.1", "1")}
+            reason = x10_unneeded(record)
+            if reason:
+                ctx.notes.append(f"the LR sweep's x10 trial was not run: {reason}")
+                break
         torch.manual_seed(ctx.seed)
         clone = ctx.copy_model()
         opt = ctx.make_optimizer(clone, lr_scale=scale)
         losses, _ = train_curve(ctx, clone, opt, inputs, targets, steps)
-        record.trials[label] = LrTrial(lr=ctx.base_lr * scale, losses=losses)
+        del clone, opt
+        trials[label] = LrTrial(lr=ctx.base_lr * scale, losses=losses)
+    record.trials = {k: trials[k] for k in ("0.1", "1", "10") if k in trials}
     return record
 
 
@@ -71,7 +86,7 @@ def measure_range(
             stopped = True
             break
         loss.backward()
-        optimizer_step(ctx, clone, opt, x, y)  # LBFGS: with a closure
+        optimizer_step(ctx, clone, opt, x, y, loss)  # LBFGS: with a closure
     return LrRangeTest(
         lrs=lrs, losses=raw, smoothed=smooth, stopped_early=stopped,
         diverged_at=lrs[-1] if stopped and lrs else None, base_lr=ctx.base_lr, optimizer=ctx.optimizer_type,

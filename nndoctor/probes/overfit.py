@@ -168,6 +168,10 @@ def measure(
         clone = ctx.copy_model(dropout_off=True)
         opt = ctx.make_optimizer(clone, adam=adam, lr_scale=1.0 if adam else lr_scale)
         losses, accs = train_curve(ctx, clone, opt, inputs, targets, steps, stop=reached)
+        if not adam and lr_scale == 1.0 and len(losses) == steps + 1:
+            # The full run with your optimizer: the "before" of an intervention is this same
+            # run (same copy, seed, samples and steps), so it is kept rather than trained again.
+            ctx.full_overfit_runs[(n, steps)] = (list(losses), ctx.optimizer_name(opt))
         record.runs.append(OverfitCurve(
             optimizer=ctx.optimizer_name(opt),
             is_user=not adam and user is not None,

@@ -228,7 +228,7 @@ def measure(ctx: ProbeContext, pairs: Sequence[tuple[Any, Any]] = (), *, max_sam
         if not torch.isfinite(loss.detach()):
             break
         loss.backward()
-        optimizer_step(ctx, clone, opt, xb, yb)
+        optimizer_step(ctx, clone, opt, xb, yb, loss)
     del clone, opt
     record.steps = record.eval_steps[-1] if record.eval_steps else 0
     _summarise(record, scores)
