@@ -4,6 +4,7 @@ per-step non-finite alarm, not the next sampled step's sync)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -123,3 +124,31 @@ def test_nonfinite_gradient_at_an_unsampled_step_arms_the_backward_trace():
     forward = [e for e in f.evidence["events"] if e["direction"] == "forward"]
     # the update at 7 made the first layer's weights NaN; step 8's trace says so
     assert forward[0]["step"] == 8 and forward[0]["where"] == "0" and forward[0]["params_nonfinite"]
+
+
+@pytest.mark.gpu
+def test_nonfinite_gradient_alarm_on_cuda_reads_without_a_sync():
+    """On CUDA the flags travel to host memory without a sync and are read at a later
+    close: tracing starts within a couple of steps of the bad one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Poison(), nn.ReLU(), nn.Linear(8, 2)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    doctor = Doctor(model, optimizer=opt, sample_every=20, dense_steps=2)
+    xs = torch.randn(30, 8, 4, device="cuda")
+    try:
+        with doctor.watch():
+            for step in range(30):
+                PoisonedBackward.poisoned = step == 7
+                opt.zero_grad()
+                model(xs[step]).pow(2).mean().backward()
+                if 2 <= step < 7:
+                    torch.cuda.set_sync_debug_mode("error")  # unsampled, healthy steps: no sync
+                try:
+                    opt.step()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+    finally:
+        PoisonedBackward.poisoned = False
+    steps = {s.step: s for s in doctor.observations.steps}
+    assert not steps[7].sampled and steps[7].grad_nonfinite == ["0.weight", "0.bias"]
+    assert any(steps[s].sampled for s in (8, 9, 10))

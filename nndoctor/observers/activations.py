@@ -95,7 +95,7 @@ class ActivationObserver(Observer):
         #  sum of each fresh input, sum of each own parameter]
         with torch.no_grad():
             # mean from every element (a non-finite one makes it non-finite), std from a
-            # strided subset on large outputs (activations_std_subset)
+            # strided subset on large outputs (ACTIVATION_STD_SUBSET)
             mean, std = mean_std(primary)
             dead = sat = nan
             if category == "relu" and primary.dim() >= 2:
@@ -135,17 +135,17 @@ class ActivationObserver(Observer):
             mean, std, dead_v, sat_v = vals[0], vals[1], vals[2], vals[3]
             flags = [mean] + (vals[4 : 4 + n_extra] if len(labels) > 1 else [])
             rest = 4 + n_extra
-            in_sum = math.fsum(vals[rest : rest + n_inputs])
-            p_sum = math.fsum(vals[rest + n_inputs :])
+            in_finite = all(math.isfinite(v) for v in vals[rest : rest + n_inputs])
+            params_finite = all(math.isfinite(v) for v in vals[rest + n_inputs :])
             bad_idx = next((i for i, v in enumerate(flags) if not math.isfinite(v)), None)
             cur.activations.append(ActivationRecord(
                 path=path, call=call, mean=mean, std=std, numel=numel,
                 out_nonfinite=bad_idx is not None,
-                in_nonfinite=not math.isfinite(in_sum),
+                in_nonfinite=not in_finite,
                 batch=batch,
                 dead_fraction=None if math.isnan(dead_v) else 1.0 - dead_v,
                 saturated_fraction=None if math.isnan(sat_v) else sat_v,
-                params_nonfinite=not math.isfinite(p_sum),
+                params_nonfinite=not params_finite,
                 output_index=(labels[bad_idx] or None) if bad_idx is not None and len(labels) > 1 else None,
                 input_calls=input_calls,
                 spatial=spatial,
