@@ -143,13 +143,13 @@ class NonFiniteAlarm:
     loss, the vector of gradient norms); :meth:`poll` at the step's close says whether
     one was. No device op is added and nothing waits for the device: CPU tensors are
     read in place through numpy (no scalar extraction: the same no-sync path the tests
-    count); on an accelerator the flags are copied (``non_blocking``) to host memory and
+    count); on CUDA the flags are copied (``non_blocking``) to pinned host memory and
     read at a later close, once the copy has landed (tracing then starts a step or two
-    later)."""
+    later); on other devices the next sampled step's sync arms tracing, as before."""
 
     def __init__(self) -> None:
         self._flags: list[torch.Tensor] = []
-        self._in_flight: list[tuple[torch.Tensor, Any]] = []
+        self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (pinned host copy, CUDA event)
 
     def watch(self, tensor: torch.Tensor) -> None:
         self._flags.append(tensor)
@@ -164,23 +164,22 @@ class NonFiniteAlarm:
         for t in flags:
             if t.device.type == "cpu":
                 bad = bad or not _all_finite(t)
-            else:
+            elif t.is_cuda:
                 device_flags.append(t.reshape(-1).float())
+            # other devices: no copy we can tell has landed; the next sync's scan arms
         if device_flags:
             try:
                 vec = device_flags[0] if len(device_flags) == 1 else torch.cat(device_flags)
-                host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=vec.is_cuda)
+                host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
                 host.copy_(vec, non_blocking=True)
-                event = None
-                if vec.is_cuda:
-                    event = torch.cuda.Event()
-                    event.record()
+                event = torch.cuda.Event()
+                event.record()
                 self._in_flight.append((host, event))
             except Exception:  # the alarm only brings tracing forward: never raise
                 pass
         waiting = []
         for host, event in self._in_flight:
-            if event is not None and not event.query():
+            if not event.query():
                 waiting.append((host, event))
             else:
                 bad = bad or not _all_finite(host)

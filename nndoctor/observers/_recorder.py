@@ -196,6 +196,7 @@ class Recorder:
         self.params = []
         self.units.release()
         self.pending = Pending()
+        self.alarm = NonFiniteAlarm()
         return self.obs
 
     # -- data loaders ----------------------------------------------------------------
