@@ -238,3 +238,40 @@ def test_observer_skip_reason_is_a_pure_function_of_the_records():
     obs.observer_failures["activations"] = {"error": "KeyError('x')", "where": "sync", "checks": ["dead-relu"]}
     assert observer_skip_reason(obs, "dead-relu") == "internal error in observer 'activations': KeyError('x')"
     assert observer_skip_reason(obs, "update-ratio") is None
+
+
+def test_std_of_a_large_activation_is_estimated_from_a_subset_and_its_mean_is_exact():
+    """Outputs above twice ACTIVATION_STD_SUBSET: the std from a strided subset (within a
+    few percent of the exact std), the mean (the non-finite flag) from every element."""
+    from nndoctor.observers.activations import ACTIVATION_STD_SUBSET
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(128, 64), torch.randint(0, 3, (128,))
+    with torch.no_grad():
+        h = model[0](x)
+    assert h.numel() >= 2 * ACTIVATION_STD_SUBSET
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        one_step(model, x, y, opt)
+    (rec,) = [a for a in doctor.observations.steps[0].activations if a.path == "0"]
+    assert rec.mean == pytest.approx(h.mean().item(), rel=1e-5, abs=1e-6)
+    assert rec.std == pytest.approx(h.std(correction=0).item(), rel=0.05)
+
+
+def test_parameters_of_both_infinite_signs_read_as_non_finite():
+    """+inf and -inf parameters in one module: flagged (their sums cancel to NaN on the
+    host; nothing raises and the unit stays on)."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0, 0] = math.inf
+        model[0].bias[0] = -math.inf
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = Doctor(model, optimizer=opt, sample_every=1)
+    with doctor.watch():
+        one_step(model, torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 0]), opt)
+    obs = doctor.observations
+    assert not obs.observer_failures
+    first = {a.path: a for a in obs.steps[0].activations}
+    assert first["0"].params_nonfinite and not first["1"].params_nonfinite

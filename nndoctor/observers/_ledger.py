@@ -133,6 +133,13 @@ class StepLedger:
                 self.obs.notes.append(f"live reporter failed and was switched off: {exc!r}")
                 self.on_sync = None
 
+    def arm(self, step: int) -> None:
+        """The per-step alarm saw a non-finite loss or gradient at ``step`` (not sampled):
+        trace the next steps now (the scan at the next sync will not arm again for it)."""
+        if step > self._last_armed_for:
+            self._last_armed_for = step
+            self.trace_until = max(self.trace_until, step + self._trace_after)
+
     def _scan_nonfinite(self, records: list[StepRecord], step_now: int) -> None:
         """The first non-finite loss or gradient seen on a step arms full tracing of the
         next steps (the one that went bad may not have been sampled), once per bad step."""

@@ -4,7 +4,9 @@ Life of a watched step:
 
 * always on, every step (cheap: no per-layer hooks, no host sync): the loss value, the
   gradient L2 norm of every parameter (one ``torch._foreach_norm``), and whether an
-  update happened (an optimizer step, or parameter ``_version`` counters).
+  update happened (an optimizer step, or parameter ``_version`` counters). The loss and
+  the norms also feed a non-finite alarm read at the step's close without a device sync
+  (``NonFiniteAlarm``): a NaN/Inf on an unsampled step arms tracing from the next step.
 * sampled steps only (``dense_steps`` first steps, then every ``sample_every``-th, and
   every step for a while after a non-finite value shows up): the units' per-module
   forward hooks (registered when the step starts, *removed* when it ends, so unsampled
@@ -34,7 +36,7 @@ from torch import nn
 from .._derive import derive_all
 from .._observations import Observations, StepRecord
 from .._tree import tensors
-from ._base import Observer, Pending, Schedule, Units
+from ._base import NonFiniteAlarm, Observer, Pending, Schedule, Units
 from ._describe import adopt_optimizer, describe_data_loaders, describe_optimizer, describe_watch, stepping_optimizer
 from ._ledger import StepLedger
 from ._patches import backward_interceptor, dataloader_interceptor, scaler_interceptor
@@ -83,6 +85,10 @@ class Recorder:
         self._discover = discover_optimizers and not optimizers
         self.obs = Observations()
         self.pending = Pending()
+        # Unsampled steps: a non-finite loss or gradient arms tracing of the next steps
+        # at once, not at the next sampled step's sync (by then the first bad step and
+        # the layer that made it are long gone).
+        self.alarm = NonFiniteAlarm()
         # The first training batch seen (inputs as passed to the model, and the class
         # targets when the loss exposes them), cloned once, for the experiments.
         self.captured: dict[str, Any] = {}
@@ -193,6 +199,7 @@ class Recorder:
         self.params = []
         self.units.release()
         self.pending = Pending()
+        self.alarm = NonFiniteAlarm()
         return self.obs
 
     # -- data loaders ----------------------------------------------------------------
@@ -291,6 +298,9 @@ class Recorder:
         finally:
             if cur.sampled:
                 self._remove_step_hooks()
+                self.alarm.clear()  # synced below: the ledger scans the values
+            elif self.alarm.poll():
+                self.ledger.arm(cur.step)
             self.ledger.close(cur)
             if cur.sampled:
                 self._sync()

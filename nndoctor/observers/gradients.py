@@ -131,6 +131,8 @@ class GradientObserver(Observer):
             return
         with torch.no_grad():
             norms = torch.stack(torch._foreach_norm(grads))
+        if not sampled:
+            self.rec.alarm.watch(norms)
 
         def sink(v: list[float]) -> None:
             bad = [n for n, x in zip(names, v) if not math.isfinite(x)]

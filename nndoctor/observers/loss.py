@@ -52,6 +52,8 @@ class LossObserver(Observer):
             return  # a closure re-evaluation inside the optimizer's step
         self._counted = cur
         value = loss.detach().reshape(())
+        if not cur.sampled:
+            self.rec.alarm.watch(value)
         if scaled is not None and scaled[0] == id(loss) and scaled[1] is not None:
             # GradScaler multiplied the loss: report it in the user's units (a device
             # division, no sync).
