@@ -219,6 +219,7 @@ class RandomInputRun(Record):
     train_loss: dict[str, list[float]] = field(default_factory=dict)  # variant -> curve
     holdout_loss: dict[str, list[float]] | None = None
     label_entropy: float | None = None
+    shortened_from: int | None = None  # steps asked for, when the time budget cut them
     skipped: str | None = None
 
 
@@ -289,6 +290,9 @@ class LrSweepRun(Record):
     steps: int = 0
     n_samples: int = 0
     trials: dict[str, LrTrial] = field(default_factory=dict)
+    # The step count asked for, when the experiments' time budget cut it to ``steps``
+    # (None: it ran at full length). A shortened trial shows less progress at every LR.
+    shortened_from: int | None = None
     skipped: str | None = None
 
 
@@ -311,6 +315,7 @@ class LrRangeTest(Record):
     suggestions: dict[str, float] = field(default_factory=dict)
     spread_decades: float | None = None
     suggested_lr: float | None = None
+    shortened_from: int | None = None  # iterations asked for, when the time budget cut them
     skipped: str | None = None
 
 

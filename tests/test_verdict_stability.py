@@ -157,3 +157,115 @@ def test_a_signal_that_keeps_shrinking_after_the_recurrent_layer_still_warns():
 def test_the_same_small_layer_after_a_linear_encoder_still_warns():
     (f,) = _run("activation-std", _seq2seq_obs(0.07, first="linear"))
     assert f.severity is Severity.WARNING and f.evidence["layers"] == ["attn"]
+
+
+# ------------------------------------------------------------------------- lr-sweep
+def _line(start: float, end: float, steps: int = 25, wobble: float = 0.0) -> list[float]:
+    """A loss falling at a constant rate, with an alternating wobble of ``wobble``."""
+    return [start + (end - start) * i / steps + (wobble if i % 2 else -wobble) * (i > 0) for i in range(steps + 1)]
+
+
+def _sweep_obs(low: list[float], one: list[float], high: list[float], *, base_lr: float = 0.01,
+               shortened_from: int | None = None, range_test: dict | None = None) -> Observations:
+    obs = Observations()
+    obs.experiments["lr_sweep"] = {
+        "base_lr": base_lr, "optimizer": "AdamW", "steps": len(one) - 1, "n_samples": 16,
+        "shortened_from": shortened_from, "trials": {
+            "0.1": {"lr": base_lr / 10, "losses": low}, "1": {"lr": base_lr, "losses": one},
+            "10": {"lr": base_lr * 10, "losses": high}}}
+    if range_test is not None:
+        obs.experiments["lr_range"] = range_test
+    return obs
+
+
+def test_x10_faster_while_x1_falls_steadily_is_a_hint():
+    """The bigram table's sweep (AdamW 1e-2): x1 removes 9% in 25 steps, x10 60%."""
+    (f,) = _run("lr-sweep", _sweep_obs(_line(4.75, 4.71), _line(4.75, 4.34), _line(4.75, 1.88)))
+    assert f.severity is Severity.INFO and f.evidence["kind"] == "x1_learning", f.message
+    assert f.evidence["better"] == "x10" and "hint" in f.message
+
+
+def test_x10_faster_while_x1_crawls_still_warns():
+    (f,) = _run("lr-sweep", _sweep_obs(_line(4.75, 4.749), _line(4.75, 4.70), _line(4.75, 1.88)))
+    assert f.severity is Severity.WARNING and "too low" in f.message
+
+
+def test_x1_falling_within_its_own_noise_still_warns():
+    """5% removed, but the tail jumps by 0.2 a step (dropout): not clearly falling."""
+    one = _line(2.0, 1.9, wobble=0.1)
+    (f,) = _run("lr-sweep", _sweep_obs(_line(2.0, 1.99), one, _line(2.0, 0.8, wobble=0.01)))
+    assert f.severity is Severity.WARNING and "too low" in f.message
+
+
+@pytest.mark.parametrize("low, one, high, better", [
+    (_line(4.75, 4.749, 10), _line(4.75, 4.74, 10), _line(4.75, 3.0, 10), "x10"),
+    (_line(2.0, 0.8, 10), _line(2.0, 1.9, 10), _line(2.0, 2.5, 10), "x0.1"),
+], ids=["x10-better", "x01-better"])
+def test_a_sweep_cut_short_by_the_budget_is_inconclusive(low, one, high, better):
+    """The same trials judged at full length give a warning; cut from 25 to 10 steps by
+    the budget (a loaded machine), the comparison is inconclusive."""
+    (full,) = _run("lr-sweep", _sweep_obs(low, one, high))
+    assert full.severity is Severity.WARNING and full.evidence["better"] == better
+    (cut,) = _run("lr-sweep", _sweep_obs(low, one, high, shortened_from=25))
+    assert cut.severity is Severity.INFO and cut.evidence["kind"] == "shortened"
+    assert cut.evidence["better"] == better and "Inconclusive" in cut.message and "10 steps (of 25)" in cut.message
+
+
+def test_a_divergence_in_a_shortened_sweep_is_still_an_error():
+    """AdamW at lr 20 on a loaded machine: its sweep cut to 17 steps still diverges."""
+    low, one, high = _line(9.82, 137.0, 17), _line(9.82, 1310.0, 17), _line(9.82, math.inf, 17)
+    (f,) = _run("lr-sweep", _sweep_obs(low, one, high, base_lr=20.0, shortened_from=25))
+    assert f.severity is Severity.ERROR and "diverges" in f.message and f.evidence["better"] == "x0.1"
+
+
+def test_a_range_test_cut_short_gives_no_verdict():
+    flat = _line(2.0, 2.0)
+    rng = {"suggestions": {"steep": 1e-2, "valley": 2e-2, "minimum/10": 3e-2}, "spread_decades": 0.5,
+           "suggested_lr": 2e-2, "diverged_at": None}
+    (full,) = _run("lr-sweep", _sweep_obs(flat, flat, flat, base_lr=1e-6, range_test=rng))
+    assert full.severity is Severity.WARNING and full.evidence["better"] == "range-test"
+    assert _run("lr-sweep", _sweep_obs(flat, flat, flat, base_lr=1e-6, range_test={**rng, "shortened_from": 100})) == []
+
+
+def test_the_checkup_marks_a_probe_the_budget_shortened():
+    """End to end: a budget too small for the full sweep cuts it, and the record says so."""
+    import torch
+    from torch import nn
+
+    from nndoctor._experiments import run_checkup
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    # a step "costs" 1 s by the runner's measure: 60 s cannot afford 3 x 25 sweep steps
+    report = run_checkup(model, (x, y), optimizer=opt, select=["lr-sweep"], time_budget=60.0, step_seconds=1.0)
+    record = report.experiments["lr_sweep"]
+    assert record["shortened_from"] == 25 and record["steps"] < 25
+    full = run_checkup(model, (x, y), optimizer=opt, select=["lr-sweep"])
+    assert full.experiments["lr_sweep"]["shortened_from"] is None
+
+
+# ---------------------------------------------------------------- random-input-loss
+def _random_input_obs(shortened_from: int | None, change: float = 0.5) -> Observations:
+    """Real inputs no better than zeros after the training (the warning's evidence)."""
+    obs = Observations()
+    obs.experiments["random_input"] = {
+        "output_change": {"noise": change, "zeros": change}, "steps": 10 if shortened_from else 30,
+        "n_train": 16, "n_holdout": 16, "shortened_from": shortened_from,
+        "train_loss": {"real": [1.0, 0.97], "noise": [1.0, 0.5], "zeros": [1.0, 0.97]},
+        "holdout_loss": {"real": [1.0, 0.99], "noise": [1.0, 0.9], "zeros": [1.0, 0.9]},
+    }
+    return obs
+
+
+def test_a_random_input_training_cut_short_is_inconclusive():
+    (full,) = _run("random-input-loss", _random_input_obs(None))
+    assert full.severity is Severity.ERROR and "all-zero inputs" in full.message
+    (cut,) = _run("random-input-loss", _random_input_obs(30))
+    assert cut.severity is Severity.INFO and cut.evidence["kind"] == "shortened" and "10 steps (of 30)" in cut.message
+
+
+def test_outputs_that_ignore_the_input_are_judged_without_training_even_when_cut():
+    (f,) = _run("random-input-loss", _random_input_obs(30, change=0.0))
+    assert f.severity is Severity.ERROR and "do not depend" in f.message
