@@ -203,6 +203,10 @@ class OverfitRun(Record):
     # The LR the copy trained with is well below the one the optimizer was built with (a
     # schedule, set by hand or by a scheduler, has lowered it: a warm-up or a decay).
     lr_lowered: bool = False
+    # Classification: the entropy of the batch's class frequencies (ignored targets left
+    # out), the loss of a model that predicts how often each class occurs and nothing
+    # about which sample is which. None for other tasks.
+    label_entropy: float | None = None
     skipped: str | None = None
 
 

@@ -269,3 +269,49 @@ def test_a_random_input_training_cut_short_is_inconclusive():
 def test_outputs_that_ignore_the_input_are_judged_without_training_even_when_cut():
     (f,) = _run("random-input-loss", _random_input_obs(30, change=0.0))
     assert f.severity is Severity.ERROR and "do not depend" in f.message
+
+
+# ------------------------------------------------ overfit: a language model's first plateau
+def _plateau_obs(label_entropy: float | None, output_change: dict | None) -> Observations:
+    """word_language_model's LSTM with Adam(1e-3): 9.82 -> 4.66, flat for the last 30 steps."""
+    curve = [4.66 + (9.82 - 4.66) * math.exp(-i / 12) for i in range(101)]
+    obs = Observations()
+    obs.experiments["overfit"] = {
+        "n_samples": 8, "max_steps": 100, "task": "classification", "label_entropy": label_entropy,
+        "runs": [{"optimizer": "Adam(lr=0.001)", "is_user": False, "losses": curve}]}
+    if output_change is not None:
+        obs.experiments["random_input"] = {"output_change": output_change, "steps": 30}
+    return obs
+
+
+def test_a_plateau_at_the_batch_token_entropy_of_a_model_that_reads_its_input_is_info():
+    (f,) = _run("overfit-tiny-batch", _plateau_obs(4.6, {"noise": 0.4, "zeros": 0.3}))
+    assert f.severity is Severity.INFO and f.evidence["verdict"] == "label_prior_plateau", f.message
+    assert f.evidence["label_entropy"] == 4.6 and "4.66" in f.message
+
+
+@pytest.mark.parametrize("entropy, change", [
+    (4.6, None),                           # no random-input experiment: the input may be cut off
+    (4.6, {"noise": 0.0, "zeros": 0.0}),   # the outputs ignore the input: a bug's plateau
+    (3.0, {"noise": 0.4, "zeros": 0.3}),   # levelled off far above the token entropy
+    (None, {"noise": 0.4, "zeros": 0.3}),  # not a classification loss
+], ids=["no-random-input", "input-ignored", "above-prior", "no-prior"])
+def test_other_plateaus_keep_the_warning(entropy, change):
+    (f,) = _run("overfit-tiny-batch", _plateau_obs(entropy, change))
+    assert f.severity is Severity.WARNING and f.evidence["verdict"] == "plateau", f.message
+
+
+def test_the_overfit_probe_records_the_token_entropy_without_ignored_targets():
+    import torch
+    from torch import nn
+
+    from nndoctor._experiments import run_checkup
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(32, 10))
+    x = torch.randint(0, 10, (8, 4))
+    y = torch.tensor([1, 1, 2, 3, -1, -1, -1, -1])  # four ignored: the entropy of {1, 1, 2, 3}
+    report = run_checkup(model, (x, y), loss_fn=nn.CrossEntropyLoss(ignore_index=-1),
+                         select=["overfit-tiny-batch"], interventions=0)
+    expected = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert report.experiments["overfit"]["label_entropy"] == pytest.approx(expected)
