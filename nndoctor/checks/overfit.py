@@ -402,20 +402,23 @@ class OverfitTinyBatch(Check):
 
     def _at_label_prior(self, obs: Any, data: Any, run: Any, evidence: dict[str, Any]) -> bool:
         """The run's best loss is within `prior_band` of the batch's class-frequency entropy,
-        and the random-input experiment saw the outputs move with the input (at least 1%)."""
+        and the random-input experiment saw the outputs move with the input (by at least its
+        check's `min_output_change`). Records the numbers in ``evidence`` either way."""
         prior = data.get("label_entropy")
         losses = [v for v in (run.get("losses") or []) if math.isfinite(v)]
         if prior is None or not math.isfinite(prior) or prior <= 0 or not losses:
             return False
         best = min(losses)
+        random_input = (getattr(obs, "experiments", None) or {}).get("random_input") or {}
+        change = {} if random_input.get("skipped") else dict(random_input.get("output_change") or {})
+        evidence.update(plateau_loss=best, label_entropy=prior, output_change=change or None)
         if abs(best - prior) > self.prior_band * prior:
             return False
-        random_input = (getattr(obs, "experiments", None) or {}).get("random_input") or {}
-        change = {} if random_input.get("skipped") else (random_input.get("output_change") or {})
-        if not change or not all(v is not None and v >= 0.01 for v in change.values()):
-            return False
-        evidence.update(plateau_loss=best, label_entropy=prior, output_change=dict(change))
-        return True
+        # The bar random-input-loss uses to call the outputs independent of the input
+        # (log-probabilities move little relative to their size, so no larger bar).
+        bar = float(((getattr(obs, "check_thresholds", None) or {}).get("random-input-loss") or {})
+                    .get("min_output_change", 1e-6))
+        return bool(change) and all(v is not None and v >= bar for v in change.values())
 
     def curve_shape(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> tuple[float | None, bool]:
         """(progress, still falling) of one run: progress is the share of the way from the
