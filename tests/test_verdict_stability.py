@@ -315,3 +315,27 @@ def test_the_overfit_probe_records_the_token_entropy_without_ignored_targets():
                          select=["overfit-tiny-batch"], interventions=0)
     expected = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     assert report.experiments["overfit"]["label_entropy"] == pytest.approx(expected)
+
+
+# ------------------------------------------- a scattered divergence is still a divergence
+LINEAR_EVAL_X100 = [2.36, 28.79, 48.74, 42.9, 90.9, 47.24, 23.16, 33.89]  # the zoo's linear probe at 100x LR
+
+
+def test_a_loss_that_jumps_away_from_its_start_for_good_is_an_error_however_it_scatters():
+    (f,) = _run("loss-not-decreasing", _loss_obs(LINEAR_EVAL_X100))
+    assert f.severity is Severity.ERROR and f.evidence["left_start"] and "never comes back" in f.message
+
+
+def test_a_linear_model_whose_loss_jumped_away_from_its_start_still_warns():
+    (f,) = _run("update-ratio", _linear_obs(LINEAR_EVAL_X100))
+    assert f.severity is Severity.WARNING and "too high" in f.message
+
+
+def test_a_healthy_scattered_loss_returns_below_its_jump_margin():
+    """The regression run that warned: its later losses go back below its first."""
+    losses = [24.1, 23.6, 33.8, 22.0, 40.5, 17.3, 12.8, 71.1, 18.0, 14.7, 39.6, 27.2, 49.3, 19.4, 29.9,
+              15.3, 28.6, 25.4, 37.0, 21.9]
+    (f,) = _run("loss-not-decreasing", _loss_obs(losses))
+    assert f.severity is Severity.INFO and f.evidence["kind"] == "too_noisy"
+    (g,) = _run("update-ratio", _linear_obs(losses))
+    assert g.severity is Severity.INFO and g.evidence["kind"] == "linear_model"

@@ -80,6 +80,15 @@ def slope_t_statistic(values: Sequence[float]) -> tuple[float, float]:
     return slope, slope / se
 
 
+def left_its_start(values: Sequence[float], margin: float) -> bool:
+    """Every value after the first is more than ``margin`` (a share) above the first, a
+    positive one: the series jumped away from where it started and never came back, a
+    divergence however much the later values scatter."""
+    if len(values) < 3 or not values[0] > 0:
+        return False
+    return min(values[1:]) > (1.0 + margin) * values[0]
+
+
 def smallest_detectable_drop(values: Sequence[float], t_needed: float = 2.0) -> float:
     """The smallest fall from the first value to the last that a straight-line trend
     would need, given the scatter of ``values`` around their own least-squares line, for

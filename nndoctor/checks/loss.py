@@ -7,7 +7,8 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import count, downward_pair_fraction, finite, fmt, median, slope_t_statistic, smallest_detectable_drop
+from ._util import (count, downward_pair_fraction, finite, fmt, left_its_start, median, slope_t_statistic,
+                    smallest_detectable_drop)
 
 
 
@@ -292,7 +293,9 @@ class LossNotDecreasing(Check):
     ones) and the t statistic of a least-squares slope: both must show no progress
     before it fires, so minibatch noise is not mistaken for a plateau (nor a noisy
     plateau for progress). A rise of `diverging` is an error only when its slope is
-    significant too (t >= 2). Also a loss that never changes at all.
+    significant too (t >= 2), or when every loss after the first is more than `diverging`
+    above the first (it jumped away and never came back). Also a loss that never changes
+    at all.
 
     ## Why it matters
     The checklist: if the loss trends down, wait longer — if it does not, something is
@@ -358,11 +361,17 @@ class LossNotDecreasing(Check):
                 severity=Severity.ERROR, **evidence,
                 fix="Check that the optimizer holds the model's parameters, the learning rate is not 0, "
                     "and the graph is not cut (see frozen-layer).")
-        elif change > self.diverging and t >= -self.max_trend_t:
+        elif (change > self.diverging and t >= -self.max_trend_t) or left_its_start(losses, self.diverging):
             # The rise must be a trend (slope t >= 2), not two medians of scattered
-            # batches that happen to differ by half.
+            # batches that happen to differ by half; or the loss jumped away from its first
+            # value and never came back (a linear classifier at 100x its LR: 2.4, then 23-91).
+            evidence["left_start"] = left_its_start(losses, self.diverging)
             yield self.finding(
-                f"The loss rises from {fmt(first)} to {fmt(last)} ({change:+.0%}) over {count(len(losses), 'step')}: training diverges.",
+                f"The loss rises from {fmt(first)} to {fmt(last)} ({change:+.0%}) over {count(len(losses), 'step')}: training diverges."
+                if not evidence["left_start"] else
+                f"The loss jumps from {fmt(losses[0])} at the first step to {fmt(min(losses[1:]))}-{fmt(max(losses[1:]))} "
+                f"and never comes back within {self.diverging:.0%} of its start over {count(len(losses), 'step')}: "
+                "training diverges.",
                 severity=Severity.ERROR, **evidence,
                 fix="Lower the learning rate (x0.1), check the sign of the loss, clip gradients.")
         elif down < self.min_down_pairs and t > self.max_trend_t:

@@ -8,7 +8,8 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import count, fmt, listing, median, next_norm_after, number, slope_t_statistic, smallest_detectable_drop
+from ._util import (count, fmt, left_its_start, listing, median, next_norm_after, number, slope_t_statistic,
+                    smallest_detectable_drop)
 from .frozen import FrozenLayer, UnusedParameter, _s1  # noqa: F401  (re-exported)
 
 
@@ -164,14 +165,15 @@ def _weight_growth(obs, names: list[str]) -> float | None:
 def _loss_did_not_rise(obs) -> bool:
     """The watched losses scatter too much to show a fall (only one of half their starting
     level or more would be significant), yet show no significant rise (least-squares slope
-    t < 2; two medians of scattered batches may differ by half on noise alone). A loss
-    that is flat with little scatter is not this case: a fall would have shown."""
+    t < 2; two medians of scattered batches may differ by half on noise alone), and did not
+    jump away from the first loss for good (every later loss 50% above it: a divergence). A
+    loss that is flat with little scatter is not this case: a fall would have shown."""
     values = [v for _, v in obs.losses if v is not None and math.isfinite(v)]
     if len(values) < 6:
         return False
     first = median(values[: len(values) // 3])
     _, t = slope_t_statistic(values)
-    return smallest_detectable_drop(values) > 0.5 * abs(first) and t < 2.0
+    return smallest_detectable_drop(values) > 0.5 * abs(first) and t < 2.0 and not left_its_start(values, 0.5)
 
 
 def _loss_fell(obs) -> bool:
