@@ -67,14 +67,14 @@ def test_a_loss_too_scattered_to_show_a_trend_never_warns(seed):
     findings = _run("loss-not-decreasing", _loss_obs(_scattered(seed)))
     assert all(f.severity is Severity.INFO for f in findings), [f.message for f in findings]
     for f in findings:
-        assert f.evidence["kind"] == "too_noisy" and f.evidence["detectable_drop"] > 0.5
+        assert f.evidence["kind"] == "too_noisy" and f.evidence["detectable_drop"] > 0.2
         assert "Inconclusive" in f.message
 
 
 def test_a_flat_loss_with_little_scatter_still_warns():
     flat = [2.0 + 0.05 * ((i * 7) % 5 - 2) for i in range(20)]
     (f,) = _run("loss-not-decreasing", _loss_obs(flat))
-    assert f.severity is Severity.WARNING and f.evidence["detectable_drop"] < 0.5
+    assert f.severity is Severity.WARNING and f.evidence["detectable_drop"] < 0.2
 
 
 def test_a_scattered_loss_that_climbs_is_still_an_error():
@@ -339,3 +339,13 @@ def test_a_healthy_scattered_loss_returns_below_its_jump_margin():
     assert f.severity is Severity.INFO and f.evidence["kind"] == "too_noisy"
     (g,) = _run("update-ratio", _linear_obs(losses))
     assert g.severity is Severity.INFO and g.evidence["kind"] == "linear_model"
+
+
+def test_the_regression_run_that_warned_on_the_final_code_is_inconclusive():
+    """A second draw of the unseeded regression: losses 17.7-38.9, a median fall of 17% that
+    20 steps cannot resolve (a fall of 34% would be needed): inconclusive, not a warning."""
+    losses = [26.86, 29.63, 17.71, 20.62, 25.9, 28.64, 32.9, 33.39, 26.15, 27.89, 38.86, 18.25, 25.31, 26.45,
+              20.16, 24.97, 22.86, 20.86, 18.34, 35.88]
+    (f,) = _run("loss-not-decreasing", _loss_obs(losses))
+    assert f.severity is Severity.INFO and f.evidence["kind"] == "too_noisy", f.message
+    assert 0.3 < f.evidence["detectable_drop"] < 0.4

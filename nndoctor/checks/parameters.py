@@ -42,7 +42,7 @@ class UpdateRatio(Check):
       compound. A linear model whose loss falls while its updates stay large over the
       whole run (but below `broken`) is reported as info, not a warning; so is one whose
       loss scatters too much to show a fall in a few steps (fresh random batches; only a
-      fall of half its level would be significant) but shows no significant rise either:
+      fall of a fifth of its level or more would be significant) but shows no significant rise either:
       a linear model stepped too far overshoots further each step and its loss climbs.
       A flat loss with little scatter keeps the warning.
 
@@ -163,8 +163,8 @@ def _weight_growth(obs, names: list[str]) -> float | None:
 
 
 def _loss_did_not_rise(obs) -> bool:
-    """The watched losses scatter too much to show a fall (only one of half their starting
-    level or more would be significant), yet show no significant rise (least-squares slope
+    """The watched losses scatter too much to show a fall (only one of a fifth of their
+    starting level or more would be significant, loss-not-decreasing's bar), yet show no significant rise (least-squares slope
     t < 2; two medians of scattered batches may differ by half on noise alone), and did not
     jump away from the first loss for good (every later loss 50% above it: a divergence). A
     loss that is flat with little scatter is not this case: a fall would have shown."""
@@ -173,7 +173,7 @@ def _loss_did_not_rise(obs) -> bool:
         return False
     first = median(values[: len(values) // 3])
     _, t = slope_t_statistic(values)
-    return smallest_detectable_drop(values) > 0.5 * abs(first) and t < 2.0 and not left_its_start(values, 0.5)
+    return smallest_detectable_drop(values) > 0.2 * abs(first) and t < 2.0 and not left_its_start(values, 0.5)
 
 
 def _loss_fell(obs) -> bool:
