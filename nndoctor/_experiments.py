@@ -200,6 +200,10 @@ def run_checkup(
             except Exception as exc:  # a probe must never take the checkup down (strict mode: raise)
                 obs.experiments[key] = ProbeSkipped(internal_error(f"the {key} experiment", exc))
             planner.record(ctx.train_steps - steps_before, time.monotonic() - now)
+            if key in planner.resized and "shortened_from" in obs.experiments[key]:
+                # The checks read it: a probe cut short by the budget (which follows the
+                # machine's load) must not give a verdict its full length would not.
+                obs.experiments[key].shortened_from = planner.resized[key][0]
 
     report = Report(
         model={

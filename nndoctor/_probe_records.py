@@ -203,6 +203,10 @@ class OverfitRun(Record):
     # The LR the copy trained with is well below the one the optimizer was built with (a
     # schedule, set by hand or by a scheduler, has lowered it: a warm-up or a decay).
     lr_lowered: bool = False
+    # Classification: the entropy of the batch's class frequencies (ignored targets left
+    # out), the loss of a model that predicts how often each class occurs and nothing
+    # about which sample is which. None for other tasks.
+    label_entropy: float | None = None
     skipped: str | None = None
 
 
@@ -219,6 +223,7 @@ class RandomInputRun(Record):
     train_loss: dict[str, list[float]] = field(default_factory=dict)  # variant -> curve
     holdout_loss: dict[str, list[float]] | None = None
     label_entropy: float | None = None
+    shortened_from: int | None = None  # steps asked for, when the time budget cut them
     skipped: str | None = None
 
 
@@ -289,6 +294,9 @@ class LrSweepRun(Record):
     steps: int = 0
     n_samples: int = 0
     trials: dict[str, LrTrial] = field(default_factory=dict)
+    # The step count asked for, when the experiments' time budget cut it to ``steps``
+    # (None: it ran at full length). A shortened trial shows less progress at every LR.
+    shortened_from: int | None = None
     skipped: str | None = None
 
 
@@ -311,6 +319,7 @@ class LrRangeTest(Record):
     suggestions: dict[str, float] = field(default_factory=dict)
     spread_decades: float | None = None
     suggested_lr: float | None = None
+    shortened_from: int | None = None  # iterations asked for, when the time budget cut them
     skipped: str | None = None
 
 

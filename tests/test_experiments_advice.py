@@ -164,7 +164,8 @@ def test_softmax_before_cross_entropy_checkup_does_not_advise_raising_the_lr():
                     "Remove the final softmax.", where="loss",
                     evidence={"loss_kind": "cross_entropy", "fed_by": "softmax"})
     (alone,) = checkup.by_check("lr-sweep")
-    assert alone.severity is Severity.WARNING and "too low" in alone.message  # what the sweep sees
+    # what the sweep sees: x10 faster while x1 falls steadily (6% in 25 steps) - a hint on its own
+    assert alone.evidence["better"] == "x10" and alone.evidence["kind"] == "x1_learning"
     merged = Report(findings=[cause]).merge(checkup)
     assert merged.by_check("lr-sweep")
     assert merged.findings[0].check == "loss-input-format"

@@ -80,6 +80,33 @@ def slope_t_statistic(values: Sequence[float]) -> tuple[float, float]:
     return slope, slope / se
 
 
+def left_its_start(values: Sequence[float], margin: float) -> bool:
+    """Every value after the first is more than ``margin`` (a share) above the first, a
+    positive one: the series jumped away from where it started and never came back, a
+    divergence however much the later values scatter."""
+    if len(values) < 3 or not values[0] > 0:
+        return False
+    return min(values[1:]) > (1.0 + margin) * values[0]
+
+
+def smallest_detectable_drop(values: Sequence[float], t_needed: float = 2.0) -> float:
+    """The smallest fall from the first value to the last that a straight-line trend
+    would need, given the scatter of ``values`` around their own least-squares line, for
+    its slope to reach ``|t| >= t_needed`` (the slope's standard error times ``t_needed``,
+    times the ``n - 1`` steps). A series scattered far more than it could fall over its
+    length gives "no trend" whether it is falling or not. inf for fewer than 3 values."""
+    n = len(values)
+    if n < 3:
+        return math.inf
+    mx = (n - 1) / 2
+    my = sum(values) / n
+    sxx = sum((x - mx) ** 2 for x in range(n))
+    slope = sum((x - mx) * (y - my) for x, y in zip(range(n), values)) / sxx
+    resid = sum((y - (my + slope * (x - mx))) ** 2 for x, y in zip(range(n), values))
+    se = math.sqrt(resid / (n - 2) / sxx)
+    return abs(t_needed) * se * (n - 1)
+
+
 # -- wording: counts and numbers in messages ------------------------------------------
 def count(n: int | float, noun: str, plural: str | None = None) -> str:
     """``count(1, "update")`` -> "1 update"; ``count(12480, "parameter")`` -> "12,480

@@ -48,6 +48,11 @@ class ActivationStd(Check):
       output reaches a normalisation layer (torch's, or a custom leaf class named `*Norm`)
       within three layers, with that norm's output inside the band, is reported as info.
 
+    - A layer right after a recurrent layer (attention scores over RNN states, a
+      projection of LSTM outputs) reads gated tanh states, small by design and not judged
+      themselves: its small output (the state's std times the layer's gain) is info. The
+      layers after it are judged as usual, so a signal that keeps shrinking still warns.
+
     ## Example
     A 10-layer tanh MLP with weights initialised at N(0, 0.01): the std drops by ~10x
     per layer, and layer 3 already outputs values with std < 1e-3.
@@ -112,7 +117,20 @@ class ActivationStd(Check):
             norm_std = median(per_layer.get(norm, [])) if norm else None
             if norm_std is not None and low <= norm_std <= high:
                 renormalised[p] = norm
-        warns = [p for p in warns if p not in renormalised]
+        # A layer that reads a recurrent layer's gated tanh states (attention scores over RNN
+        # outputs, a projection of LSTM states) inherits their small scale: recurrent
+        # outputs are not judged, so neither is the first layer that only rescales them.
+        # Its std is the state's times the layer's gain (~0.6 at PyTorch's default init):
+        # on an unseeded seq2seq it falls either side of the warning's edge from run to run.
+        after_recurrent = {}
+        for p in warns:
+            if stds[p] >= low or p in renormalised:
+                continue
+            before = leaf_order[leaf_order.index(p) - 1] if leaf_order.index(p) > 0 else None
+            meta = obs.modules.get(before) if before else None
+            if meta is not None and meta.category == "recurrent":
+                after_recurrent[p] = before
+        warns = [p for p in warns if p not in renormalised and p not in after_recurrent]
         for sev, layers in ((Severity.ERROR, errors), (Severity.WARNING, warns)):
             if not layers:
                 continue
@@ -125,6 +143,19 @@ class ActivationStd(Check):
                 f"({obs.modules[worst].class_name}) at {fmt(stds[worst])} ({direction}).",
                 severity=sev, where=worst, step=None,
                 layers=layers, worst_std=stds[worst], **evidence,
+            )
+        if after_recurrent:
+            first = next(iter(after_recurrent))
+            yield self.finding(
+                f"{count(len(after_recurrent), 'layer')} {'has' if len(after_recurrent) == 1 else 'have'} a "
+                f"small activation std ({listing([f'{p} ({fmt(stds[p])})' for p in after_recurrent])}), but "
+                f"{'it reads' if len(after_recurrent) == 1 else 'each reads'} the states of a recurrent layer "
+                f"(`{after_recurrent[first]}`), which are gated and small by design: the scale is inherited, "
+                f"not shrunk layer after layer.",
+                severity=Severity.INFO, where=first, layers=list(after_recurrent),
+                fed_by=after_recurrent, kind="after_recurrent", **evidence,
+                fix="Nothing to fix unless the layers after it shrink the signal further; a LayerNorm on "
+                    "the recurrent states re-scales them if needed.",
             )
         if renormalised:
             first = next(iter(renormalised))

@@ -76,6 +76,13 @@ class OverfitTinyBatch(Check):
       entropy of the next token given the current one, not 0. Its curve falls, then
       levels off above the target: a warning at most (the `plateau` verdict), never the
       error of a loss that does not move.
+    - Language models early in training: they first learn how often each token occurs,
+      and their loss sits at the entropy of the batch's token frequencies before they use
+      the context (word_language_model's LSTM levels off at 4.66 in 100 Adam steps; its
+      8 samples' token entropy is 4.6). A run that levelled off within `prior_band` of
+      that entropy, while the random-input experiment shows the outputs follow the input,
+      is info. A model whose outputs ignore the input also sits there; random-input-loss
+      then reports it, and without that experiment the warning stays.
     - A learning-rate warm-up: a checkup taken in the first steps of a warm-up sees a
       small LR (nanoGPT sets it by hand every step, rising from 0). When the LRs seen
       over the watched steps rise and a scheduler keeps a larger base LR
@@ -149,6 +156,15 @@ class OverfitTinyBatch(Check):
             "has met a floor of the model (capacity, a bigram model's conditional entropy): a "
             "warning; one that stalled before it, an error",
             "fraction of the way to the floor",
+        ),
+        Threshold(
+            "prior_band",
+            0.1,
+            "a run that levelled off within this share of the batch's class-frequency entropy, "
+            "on a model whose outputs follow its input (random-input experiment), is a sequence "
+            "model's first plateau (it predicts how often each class occurs): info, not a warning "
+            "(word_language_model's LSTM: 4.66 against 4.6)",
+            "fraction of the entropy",
         ),
         Threshold(
             "near_fit_progress",
@@ -342,6 +358,25 @@ class OverfitTinyBatch(Check):
                 **evidence,
             )
             return
+        if progress >= self.plateau_progress and self._at_label_prior(obs, data, retry if from_retry else user, evidence):
+            # A language model's first plateau: it has learned how often each token occurs
+            # (the loss sits at the batch's token-frequency entropy) and not yet which token
+            # follows which. An LSTM sits there for a while; the random-input experiment has
+            # shown its outputs do follow its input, so the input is not cut off.
+            yield self.finding(
+                head + lr_words
+                + f" The loss fell {progress:.0%} of the way, then levelled off at "
+                f"{_fmt(evidence['plateau_loss'])}, the entropy of the batch's class frequencies "
+                f"({_fmt(evidence['label_entropy'])}): the model has learned how often each class occurs, "
+                "not yet which sample has which. Sequence models sit on this plateau early in training "
+                "before they use their context; the random-input experiment shows the outputs do follow "
+                "the input, so it is not cut off.",
+                severity=Severity.INFO, verdict="label_prior_plateau",
+                fix="Nothing to fix if the loss leaves this level in real training; if it never does, "
+                    "check that the inputs reach the output (see `random-input-loss`).",
+                **evidence,
+            )
+            return
         if progress >= self.plateau_progress:
             yield self.finding(
                 head + lr_words
@@ -364,6 +399,26 @@ class OverfitTinyBatch(Check):
             "not match the outputs, or most of the model cut off from the gradient."
         )
         yield self.finding(head + lr_words + why, verdict="stalls", **evidence)
+
+    def _at_label_prior(self, obs: Any, data: Any, run: Any, evidence: dict[str, Any]) -> bool:
+        """The run's best loss is within `prior_band` of the batch's class-frequency entropy,
+        and the random-input experiment saw the outputs move with the input (by at least its
+        check's `min_output_change`). Records the numbers in ``evidence`` either way."""
+        prior = data.get("label_entropy")
+        losses = [v for v in (run.get("losses") or []) if math.isfinite(v)]
+        if prior is None or not math.isfinite(prior) or prior <= 0 or not losses:
+            return False
+        best = min(losses)
+        random_input = (getattr(obs, "experiments", None) or {}).get("random_input") or {}
+        change = {} if random_input.get("skipped") else dict(random_input.get("output_change") or {})
+        evidence.update(plateau_loss=best, label_entropy=prior, output_change=change or None)
+        if abs(best - prior) > self.prior_band * prior:
+            return False
+        # The bar random-input-loss uses to call the outputs independent of the input
+        # (log-probabilities move little relative to their size, so no larger bar).
+        bar = float(((getattr(obs, "check_thresholds", None) or {}).get("random-input-loss") or {})
+                    .get("min_output_change", 1e-6))
+        return bool(change) and all(v is not None and v >= bar for v in change.values())
 
     def curve_shape(self, run: OverfitCurve | dict[str, Any], floor: float = 0.0) -> tuple[float | None, bool]:
         """(progress, still falling) of one run: progress is the share of the way from the

@@ -8,7 +8,8 @@ from typing import Iterable
 
 from .._report import Finding, Severity
 from ._base import CHECKLIST, Check, Citation, Skip, Threshold
-from ._util import count, fmt, listing, median, next_norm_after, number
+from ._util import (count, fmt, left_its_start, listing, median, next_norm_after, number, slope_t_statistic,
+                    smallest_detectable_drop)
 from .frozen import FrozenLayer, UnusedParameter, _s1  # noqa: F401  (re-exported)
 
 
@@ -44,7 +45,11 @@ class UpdateRatio(Check):
     - Linear models (a single weight tensor, e.g. a polynomial regression on unscaled
       features): the ~1e-3 rule of thumb is about deep networks, whose layers' updates
       compound. A linear model whose loss falls while its updates stay large over the
-      whole run (but below `broken`) is reported as info, not a warning.
+      whole run (but below `broken`) is reported as info, not a warning; so is one whose
+      loss scatters too much to show a fall in a few steps (fresh random batches; only a
+      fall of a fifth of its level or more would be significant) but shows no significant rise either:
+      a linear model stepped too far overshoots further each step and its loss climbs.
+      A flat loss with little scatter keeps the warning.
 
     ## Example
     SGD with lr=10 on a default-initialised MLP: each step changes the weights by more
@@ -118,15 +123,19 @@ class UpdateRatio(Check):
                     kind="small_start", weight_growth=growth, **evidence,
                     fix="Nothing to fix if the loss keeps falling; the ratio settles as the weights grow.")
                 return
-            if sev is Severity.WARNING and len(moving) == 1 and whole > self.high and _loss_fell(obs):
+            loss_moved = "fell" if _loss_fell(obs) else "did not rise" if _loss_did_not_rise(obs) else None
+            if sev is Severity.WARNING and len(moving) == 1 and whole > self.high and loss_moved:
                 # One weight tensor: a linear model. The ~1e-3 rule of thumb is about deep
                 # nets, whose layers' updates compound; a linear model's ratio is set by the
-                # scale of its features, and a falling loss says the steps are not too large.
+                # scale of its features, and a falling loss says the steps are not too large;
+                # so does one that does not rise (fresh random batches can scatter the loss
+                # too much to see it fall in a few steps), since a linear model stepped too
+                # far overshoots further each step and its loss climbs.
                 # (Only when the ratio stays large over the whole run: large first updates
                 # alone are the near-zero start's case above, which needs the weights to grow.)
                 yield self.finding(
                     f"Each update changes the weights by {fmt(overall)} of their norm ({when}), but the "
-                    f"model has a single weight tensor (a linear model) and the loss fell: its step size "
+                    f"model has a single weight tensor (a linear model) and the loss {loss_moved}: its step size "
                     f"is set by the scale of its inputs, and the ~1e-3 rule of thumb for deep networks "
                     f"does not apply.",
                     severity=Severity.INFO, where=obs.params[worst].module, direction="high",
@@ -233,6 +242,20 @@ def _started_small(obs, names: list[str]) -> bool:
     scales = [obs.params[n].init_std * math.sqrt(obs.params[n].fan_in) for n in names
               if n in obs.params and obs.params[n].init_std is not None and obs.params[n].fan_in]
     return bool(scales) and max(scales) < 0.1
+
+
+def _loss_did_not_rise(obs) -> bool:
+    """The watched losses scatter too much to show a fall (only one of a fifth of their
+    starting level or more would be significant, loss-not-decreasing's bar), yet show no significant rise (least-squares slope
+    t < 2; two medians of scattered batches may differ by half on noise alone), and did not
+    jump away from the first loss for good (every later loss 50% above it: a divergence). A
+    loss that is flat with little scatter is not this case: a fall would have shown."""
+    values = [v for _, v in obs.losses if v is not None and math.isfinite(v)]
+    if len(values) < 6:
+        return False
+    first = median(values[: len(values) // 3])
+    _, t = slope_t_statistic(values)
+    return smallest_detectable_drop(values) > 0.2 * abs(first) and t < 2.0 and not left_its_start(values, 0.5)
 
 
 def _loss_fell(obs) -> bool:

@@ -21,7 +21,7 @@ import torch
 from .._probe_records import OverfitCurve, OverfitRun
 from .context import ProbeContext, call, train_curve
 
-__all__ = ["measure", "loss_floor", "warmup_lr"]
+__all__ = ["measure", "loss_floor", "warmup_lr", "label_entropy"]
 
 
 def _binary_floor(targets: torch.Tensor, pos_weight: Any, weight: Any) -> torch.Tensor:
@@ -80,6 +80,22 @@ def loss_floor(ctx: ProbeContext, inputs: Any, targets: Any) -> tuple[float, str
         value = per_sample if reduction == "mean" else per_sample * count
         return float(value), f"label smoothing {smoothing:g} over {k} classes (the smoothed target's entropy)"
     return 0.0, None
+
+
+def label_entropy(ctx: ProbeContext, targets: Any) -> float | None:
+    """Entropy (nats) of the class frequencies of integer ``targets`` for a cross-entropy
+    or NLL loss, targets equal to the loss's ``ignore_index`` left out; None otherwise."""
+    if ctx.loss_kind not in ("cross_entropy", "nll") or not isinstance(targets, torch.Tensor) \
+            or targets.is_floating_point() or targets.is_complex():
+        return None
+    flat = targets.detach().reshape(-1)
+    ignore = getattr(ctx, "ignore_index", None)
+    flat = flat[(flat != (-100 if ignore is None else ignore)) & (flat >= 0)]
+    if flat.numel() == 0:
+        return None
+    counts = torch.bincount(flat.cpu()).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
 
 
 def warmup_lr(ctx: ProbeContext) -> tuple[float, str | None, bool]:
@@ -152,6 +168,7 @@ def measure(
         n_samples=n, max_steps=steps, task="classification" if ctx.classification and use_accuracy else "regression",
         regularisation_off=["dropout"], loss_floor=floor, loss_floor_reason=why,
     )
+    record.label_entropy = label_entropy(ctx, targets)
     lr_scale, record.lr_note, record.warmup = warmup_lr(ctx)
     if user is not None and user.param_groups:
         built = (getattr(user, "defaults", None) or {}).get("lr")
