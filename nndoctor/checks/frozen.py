@@ -118,27 +118,25 @@ class FrozenLayer(Check):
         # Gradients that existed when backward() ended but were gone or zero when the
         # optimizer stepped: wiped in between, not a cut graph.
         wiped = [n for n in trainable if self._wiped(n, steps)]
-        flags = [r.step_before_backward for r in obs.steps if r.step_before_backward is not None]
-        if wiped and flags and sum(flags) > len(flags) / 2:
+        if wiped:
             mods = _modules_of(obs, wiped)
+            flags = [r.step_before_backward for r in obs.steps if r.step_before_backward is not None]
+            if flags and sum(flags) > len(flags) / 2:
+                mechanism = "step_before_backward"
+                how = (f"optimizer.step() runs before loss.backward(): at each step the model has run its "
+                       f"forward but not yet its backward, so the step applies gradients that zero_grad() "
+                       f"already cleared and {listing(mods)} never update")
+            else:
+                mechanism = "grads_zeroed_before_step"
+                how = (f"The gradients of {listing(mods)} exist when backward() ends but are "
+                       f"{'gone' if any(n in never_grad for n in wiped) else 'zero'} when the optimizer steps: "
+                       f"they are zeroed between loss.backward() and optimizer.step() (a zero_grad() placed "
+                       f"there, or optimizer.step() called before the forward and backward of its iteration), "
+                       f"so nothing ever updates")
             yield self.finding(
-                f"optimizer.step() runs before loss.backward(): at each step the model has run its forward "
-                f"but not yet its backward, so the step applies gradients that zero_grad() already cleared "
-                f"and {listing(mods)} never update ({count(len(wiped), 'parameter tensor')}).",
+                f"{how} ({count(len(wiped), 'parameter tensor')}).",
                 severity=Severity.ERROR, where=mods[0], modules=mods, parameter_names=wiped[:50],
-                kind="grads_wiped", mechanism="step_before_backward",
-                fix="Order each iteration as optimizer.zero_grad(); loss = ...; loss.backward(); optimizer.step().",
-            )
-        elif wiped:
-            mods = _modules_of(obs, wiped)
-            yield self.finding(
-                f"The gradients of {listing(mods)} exist when backward() ends but are "
-                f"{'gone' if any(n in never_grad for n in wiped) else 'zero'} when the optimizer steps "
-                f"({count(len(wiped), 'parameter tensor')}): they are zeroed between loss.backward() and "
-                f"optimizer.step() (a zero_grad() placed there, or optimizer.step() called before the "
-                f"forward and backward of its iteration), so nothing ever updates.",
-                severity=Severity.ERROR, where=mods[0], modules=mods, parameter_names=wiped[:50],
-                kind="grads_wiped", mechanism="grads_zeroed_before_step",
+                kind="grads_wiped", mechanism=mechanism,
                 fix="Order each iteration as optimizer.zero_grad(); loss = ...; loss.backward(); "
                     "optimizer.step(): nothing may clear the gradients between backward() and step().",
             )
