@@ -143,7 +143,8 @@ class ActivationObserver(Observer):
             vec = torch.stack(values)
         for _, t in outs:
             self._step_outputs[(t.data_ptr(), tuple(t.shape), t.dtype)] = call
-        node = primary.grad_fn
+        # (not while dynamo traces the hook: reading grad_fn there is a graph break)
+        node = None if torch.compiler.is_compiling() else primary.grad_fn
         if node is not None and path:
             # the innermost module first: a container's output is its last child's
             self._producers.setdefault(id(node), (node, path, category))
