@@ -42,7 +42,7 @@ from typing import Any, Sequence
 # same evidence predicates.
 from ._causal_links import (  # noqa: F401  (ANY re-exported)
     ANY, LINKS, SYMPTOM_ONLY, Link, _ev, _num, explaining_links, inputs_unscaled, loss_squashed,
-    loss_unbounded, lr_too_high, ratio_high,
+    loss_unbounded, lr_too_high, lr_too_high_lower_fits, ratio_high,
 )
 from ._report import Finding, Severity
 
@@ -464,6 +464,16 @@ def _demote(f: Finding, cause: Finding) -> None:
              "checkup to judge the learning rate.")
 
 
+def _soften(f: Finding) -> None:
+    """An overfit failure judged "a bug, not tuning" while the LR sweep fitted the samples at
+    x0.1: the model, inputs and labels can learn, so it is the learning rate's symptom, a
+    warning (undone by ``_restore`` like a demotion)."""
+    f.evidence[_AS_JUDGED] = {"severity": f.severity.value, "message": f.message, "fix": f.fix}
+    f.severity = Severity.WARNING
+    f.message = (f"{f.message} (The LR sweep fitted samples of this batch at x0.1 of your learning rate: the "
+                 f"model, inputs and labels can learn; your learning rate is what stalls it.)")
+
+
 def diagnose(findings: list[Finding]) -> Diagnosis | None:
     """Set ``explained_by`` on every explained finding, reorder ``findings`` in place
     (root cause, what it explains, then the rest), and return the diagnosis (None when
@@ -483,6 +493,9 @@ def diagnose(findings: list[Finding]) -> Diagnosis | None:
             keep = DEMOTED_WHEN_EXPLAINED.get(s.check)
             if keep is not None and s.explained_by not in keep and s.severity is not Severity.INFO:
                 _demote(s, g.heads[0])
+            elif (s.check == "overfit-tiny-batch" and s.severity is Severity.ERROR
+                  and any(lr_too_high_lower_fits(h) for h in g.heads)):
+                _soften(s)
         ordered.extend(g.heads)
         ordered.extend(sorted(g.explained, key=_sev_key))
     ordered.extend(sorted(rest, key=_sev_key))

@@ -546,3 +546,20 @@ def test_a_summary_is_not_cut_inside_brackets_code_or_after_e_g():
         "Layers (`fc1` (Linear; 10 params)) are frozen"
     assert _first_sentence("Use `x.clamp_min(1e-8). log()` there. Then") == "Use `x.clamp_min(1e-8). log()` there"
     assert _first_sentence("One sentence.") == "One sentence"
+
+
+def test_an_overfit_error_under_an_lr_that_x0_1_fits_becomes_a_warning():
+    """The overfit probe's verdict 'a bug, not tuning' (neither your optimizer nor the
+    stand-in fitted the batch) is refuted when the LR sweep fitted the samples at x0.1:
+    it is the learning rate's symptom, a warning; re-diagnosing restores it first."""
+    sweep = SAMPLES["lr-sweep"]["too-high-lower-fits"]()
+    overfit = F("overfit-tiny-batch", E, verdict="bug", progress=0.2)
+    report = Report(findings=[overfit, sweep])
+    assert report.diagnosis.cause == "lr-sweep"
+    assert overfit.severity is W and overfit.explained_by == "lr-sweep" and "x0.1" in overfit.message
+    Report(findings=[overfit, sweep])  # idempotent
+    assert overfit.severity is W and overfit.message.count("The LR sweep fitted") == 1
+    # a sweep that has not shown x0.1 fitting leaves the error alone
+    weak = F("overfit-tiny-batch", E, verdict="bug", progress=0.2)
+    Report(findings=[weak, SAMPLES["lr-sweep"]["too-high"]()])
+    assert weak.severity is E
