@@ -234,12 +234,23 @@ def test_the_checkup_marks_a_probe_the_budget_shortened():
 
     from nndoctor._experiments import run_checkup
 
+    import time
+
+    class Slow(nn.Module):  # a step that really costs its time (the planner times a copy)
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+        def forward(self, x):
+            time.sleep(0.04)
+            return self.net(x)
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = Slow()
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    # a step "costs" 1 s by the runner's measure: 60 s cannot afford 3 x 25 sweep steps
-    report = run_checkup(model, (x, y), optimizer=opt, select=["lr-sweep"], time_budget=60.0, step_seconds=1.0)
+    # 3 s cannot afford 3 x 25 sweep steps of >= 0.04 s (plus their evaluations)
+    report = run_checkup(model, (x, y), optimizer=opt, select=["lr-sweep"], time_budget=3.0, step_seconds=0.04)
     record = report.experiments["lr_sweep"]
     assert record["shortened_from"] == 25 and record["steps"] < 25
     full = run_checkup(model, (x, y), optimizer=opt, select=["lr-sweep"])
